@@ -1,0 +1,353 @@
+//! The HTTP surface: the REST API, the WebSocket upgrade, health, metrics and the API docs.
+//!
+//! Errors are JSON `{"error": "..."}` with a status that says whose fault it is. Every room
+//! endpoint needs the room's token, as `Authorization: Bearer <token>` or `?token=<token>`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::auth;
+use crate::autocomplete::Engine;
+use crate::paths;
+use crate::room::RoomMeta;
+use crate::rooms::{NewRoom, Rooms, RoomsError};
+use crate::ws;
+
+const OPENAPI: &str = include_str!("openapi.json");
+const API_PAGE: &str = include_str!("api.html");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub rooms: Rooms,
+    pub autocomplete: Arc<Engine>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(API_PAGE) }))
+        .route("/docs", get(|| async { Html(API_PAGE) }))
+        .route("/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/rooms", post(create_room))
+        .route("/rooms/{id}", get(room_info).delete(delete_room))
+        .route("/rooms/{id}/files/{*path}", get(file_text))
+        .route("/autocomplete", post(autocomplete))
+        .route("/ws/{id}", get(websocket))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /docs") })
+        .with_state(state)
+}
+
+/// An error as the API reports it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({"error": self.message}))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+        }
+        response
+    }
+}
+
+impl From<RoomsError> for ApiError {
+    fn from(e: RoomsError) -> Self {
+        match e {
+            RoomsError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "no such room"),
+            RoomsError::Store(e) => {
+                tracing::warn!(error = %e, "store unavailable for a request");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is unavailable; try again shortly",
+                )
+            }
+            RoomsError::Corrupt(e) => {
+                tracing::error!(error = %e, "room state is corrupt");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the room's stored state is corrupt")
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+fn parse_id(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| ApiError::bad_request(format!("malformed room id {id:?}: expected a UUID")))
+}
+
+/// Finds the room and checks the caller's token against it.
+async fn authorize(rooms: &Rooms, id: &str, headers: &HeaderMap, query: &TokenQuery) -> ApiResult<RoomMeta> {
+    let id = parse_id(id)?;
+    let meta = rooms.meta(id).await?;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = bearer.or(query.token.as_deref()) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this room needs its token: send `Authorization: Bearer <token>` or `?token=<token>`",
+        ));
+    };
+    if !auth::token_matches(token.trim(), &meta.token_hash) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "wrong token for this room"));
+    }
+    Ok(meta)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateRoom {
+    name: Option<String>,
+    language: Option<String>,
+    files: Option<BTreeMap<String, String>>,
+    /// The web prototypes' shape: one file, named after the language.
+    initial_code: Option<String>,
+}
+
+/// The file name a prototype's single `initial_code` gets.
+fn main_file_for(language: Option<&str>) -> &'static str {
+    match language.map(str::to_ascii_lowercase).as_deref() {
+        Some("python" | "py") => "main.py",
+        Some("javascript" | "js") => "main.js",
+        Some("typescript" | "ts") => "main.ts",
+        Some("rust" | "rs") => "main.rs",
+        Some("go") => "main.go",
+        Some("java") => "Main.java",
+        Some("c") => "main.c",
+        Some("cpp" | "c++") => "main.cpp",
+        Some("ruby" | "rb") => "main.rb",
+        _ => "main.txt",
+    }
+}
+
+async fn create_room(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let request: CreateRoom = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateRoom::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let limits = app.rooms.limits();
+    let mut files = Vec::new();
+    for (path, text) in request.files.unwrap_or_default() {
+        let normal = paths::normalize(&path).map_err(|e| ApiError::bad_request(format!("file {path:?}: {e}")))?;
+        files.push((normal, text));
+    }
+    if let Some(code) = request.initial_code {
+        files.push((main_file_for(request.language.as_deref()).to_string(), code));
+    }
+    files.sort();
+    if files.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(ApiError::bad_request("two files have the same path after normalisation"));
+    }
+    if files.len() > limits.max_files {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("too many files: limit is {}", limits.max_files),
+        ));
+    }
+    if let Some((path, _)) = files.iter().find(|(_, text)| text.len() > limits.max_file_bytes) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("file {path:?} is larger than {} bytes", limits.max_file_bytes),
+        ));
+    }
+    if files.iter().map(|(_, t)| t.len()).sum::<usize>() > limits.max_room_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the files add up to more than {} bytes", limits.max_room_bytes),
+        ));
+    }
+    let paths: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
+    let (meta, token) = app
+        .rooms
+        .create(NewRoom {
+            name: request.name,
+            language: request.language,
+            files,
+        })
+        .await?;
+    let ws_url = format!("ws://{}/ws/{}", host(&headers), meta.id);
+    tracing::info!(room = %meta.id, files = paths.len(), "room created");
+    let body = json!({
+        "id": meta.id,
+        "token": token,
+        "ws_url": ws_url,
+        "invite": format!("{ws_url}?token={token}"),
+        "name": meta.name,
+        "language": meta.language,
+        "files": paths,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn host(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost:8000")
+}
+
+async fn room_info(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let meta = authorize(&app.rooms, &id, &headers, &query).await?;
+    let (files, peers, updated_at) = match app.rooms.loaded(meta.id) {
+        Some(room) => (room.files(), room.presence(), room.updated_at()),
+        None => (
+            app.rooms.store().files(meta.id).await.map_err(RoomsError::from)?,
+            Vec::new(),
+            meta.updated_at,
+        ),
+    };
+    Ok(Json(json!({
+        "id": meta.id,
+        "name": meta.name,
+        "language": meta.language,
+        "files": files,
+        "peers": peers,
+        "peer_count": peers.len(),
+        "created_at": meta.created_at,
+        "updated_at": updated_at,
+    })))
+}
+
+async fn file_text(
+    State(app): State<AppState>,
+    Path((id, path)): Path<(String, String)>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let meta = authorize(&app.rooms, &id, &headers, &query).await?;
+    let path = paths::normalize(&path).map_err(|e| ApiError::bad_request(format!("file path: {e}")))?;
+    let text = match app.rooms.loaded(meta.id) {
+        Some(room) => room.file_text(&path),
+        None => app.rooms.store().file_text(meta.id, &path).await.map_err(RoomsError::from)?,
+    };
+    let text = text.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no file {path:?} in this room")))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+async fn delete_room(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let meta = authorize(&app.rooms, &id, &headers, &query).await?;
+    app.rooms.delete(meta.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn websocket(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let meta = authorize(&app.rooms, &id, &headers, &query).await.inspect_err(|_| {
+        crate::metrics::Metrics::inc(&app.rooms.metrics().connections_rejected);
+    })?;
+    let room = app.rooms.get(meta.id).await?;
+    let rooms = app.rooms.clone();
+    let shutdown = app.shutdown.clone();
+    let max = rooms.limits().max_message_bytes;
+    // Frames up to twice the limit are read so that the connection can be closed with a clear
+    // reason; anything larger is cut off by the WebSocket layer itself.
+    Ok(upgrade
+        .max_message_size(max.saturating_mul(2))
+        .max_frame_size(max.saturating_mul(2))
+        .on_upgrade(move |socket| ws::serve(socket, room, rooms, shutdown)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AutocompleteRequest {
+    code: String,
+    cursor_position: Option<usize>,
+    language: String,
+}
+
+async fn autocomplete(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
+    let request: AutocompleteRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let cursor = request.cursor_position.unwrap_or(usize::MAX);
+    let suggestions = app
+        .autocomplete
+        .complete_in_text(&request.language, &request.code, cursor, None);
+    Ok(Json(json!({"suggestions": suggestions})))
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    let reachable = matches!(
+        tokio::time::timeout(Duration::from_secs(2), app.rooms.store().ping()).await,
+        Ok(Ok(()))
+    );
+    let backend = format!("{:?}", app.rooms.store().backend()).to_lowercase();
+    if reachable && !app.rooms.degraded() {
+        Json(json!({"status": "ready", "store": backend})).into_response()
+    } else {
+        let body = json!({
+            "status": "degraded",
+            "store": backend,
+            "error": "the database is unreachable; edits keep flowing and are written when it is back",
+            "rooms_unflushed": app.rooms.unflushed_count(),
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let rooms = &app.rooms;
+    let text = rooms
+        .metrics()
+        .render(rooms.loaded_count(), rooms.unflushed_count(), rooms.degraded());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}

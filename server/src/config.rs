@@ -1,0 +1,111 @@
+//! Command-line flags and their environment fallbacks. `duet-server --help` is the reference.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// duet room server: rooms over REST, live Yjs sync over WebSocket, persisted in PostgreSQL or
+/// an embedded SQLite file.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "duet-server", version)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "DUET_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+
+    /// `postgres://…` for PostgreSQL, `sqlite://FILE` for SQLite. Unset: an embedded SQLite
+    /// file, `duet.db` in the data directory.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Where the embedded SQLite file goes when no DATABASE_URL is given.
+    #[arg(long, env = "DUET_DATA_DIR", default_value = ".")]
+    pub data_dir: std::path::PathBuf,
+
+    /// Log format.
+    #[arg(long, env = "DUET_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub limits: Limits,
+
+    #[command(flatten)]
+    pub persistence: Persistence,
+}
+
+/// Per-room and per-connection limits. Past one, only the offending connection is refused or
+/// closed, with a close reason that names the limit.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Peers connected to one room at once.
+    #[arg(long, env = "DUET_MAX_PEERS", default_value_t = 32)]
+    pub max_peers: usize,
+
+    /// Largest WebSocket message accepted, in bytes.
+    #[arg(long, env = "DUET_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    pub max_message_bytes: usize,
+
+    /// Largest file in a room, in bytes of UTF-8 text.
+    #[arg(long, env = "DUET_MAX_FILE_BYTES", default_value_t = 4 << 20)]
+    pub max_file_bytes: usize,
+
+    /// Largest room: the sum of its files, in bytes of UTF-8 text.
+    #[arg(long, env = "DUET_MAX_ROOM_BYTES", default_value_t = 32 << 20)]
+    pub max_room_bytes: usize,
+
+    /// Most files in one room.
+    #[arg(long, env = "DUET_MAX_FILES", default_value_t = 2000)]
+    pub max_files: usize,
+
+    /// Sustained messages per second accepted from one connection (bursts of twice as many).
+    #[arg(long, env = "DUET_MAX_MESSAGES_PER_SECOND", default_value_t = 200)]
+    pub max_messages_per_second: u32,
+
+    /// Messages queued for one connection before it counts as too slow and is disconnected
+    /// (it re-syncs when it reconnects).
+    #[arg(long, env = "DUET_SEND_QUEUE", default_value_t = 512)]
+    pub send_queue: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Persistence {
+    /// Group commit: how often buffered updates are written, in milliseconds.
+    #[arg(long, env = "DUET_FLUSH_INTERVAL_MS", default_value_t = 200)]
+    pub flush_interval_ms: u64,
+
+    /// Updates stored since the last compaction before the room's state is rewritten as one
+    /// snapshot.
+    #[arg(long, env = "DUET_COMPACT_AFTER", default_value_t = 500)]
+    pub compact_after: u64,
+
+    /// Seconds a room with no peers stays in memory before it is flushed and unloaded.
+    #[arg(long, env = "DUET_IDLE_UNLOAD_SECS", default_value_t = 60)]
+    pub idle_unload_secs: u64,
+}
+
+impl Persistence {
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms.max(1))
+    }
+
+    pub fn idle_unload(&self) -> Duration {
+        Duration::from_secs(self.idle_unload_secs)
+    }
+}
+
+impl Config {
+    /// The database to open: `DATABASE_URL` as given, else the embedded SQLite file.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("duet.db").display()),
+        }
+    }
+}

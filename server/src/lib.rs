@@ -1,0 +1,24 @@
+//! duet's room server, and the small library it shares with the bridge.
+//!
+//! Without the `server` feature this crate is only [`paths`] and [`autocomplete`]: the rules
+//! that both binaries must apply identically live here, once.
+
+pub mod autocomplete;
+pub mod paths;
+
+#[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod room;
+#[cfg(feature = "server")]
+pub mod rooms;
+#[cfg(feature = "server")]
+pub mod store;
+#[cfg(feature = "server")]
+pub mod ws;

@@ -1,0 +1,97 @@
+//! `duet-server`: parses the flags, opens the store, serves until SIGTERM or Ctrl-C, then
+//! closes every socket with a close frame and flushes every room.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use duet_server::api::{self, AppState};
+use duet_server::autocomplete::Engine;
+use duet_server::config::{Config, LogFormat};
+use duet_server::metrics::Metrics;
+use duet_server::rooms::Rooms;
+use duet_server::store::Store;
+use tokio::sync::watch;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    init_tracing(config.log_format);
+
+    let url = config.database_url();
+    let store = Store::connect(&url)
+        .await
+        .with_context(|| format!("cannot open the database ({})", redact(&url)))?;
+    tracing::info!(database = %redact(&url), "store ready");
+
+    let rooms = Rooms::new(
+        store,
+        config.limits.clone(),
+        config.persistence.clone(),
+        Arc::new(Metrics::default()),
+    );
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let flusher = tokio::spawn(rooms.clone().run_flusher(shutdown_rx.clone()));
+    let app = api::router(AppState {
+        rooms,
+        autocomplete: Arc::new(Engine::builtin()),
+        shutdown: shutdown_rx.clone(),
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    tracing::info!(address = %listener.local_addr()?, "duet-server listening");
+    let mut wait = shutdown_rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = wait.changed().await;
+    });
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: closing connections and flushing rooms");
+        let _ = shutdown_tx.send(true);
+    });
+    server.await?;
+    flusher.await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("cannot install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

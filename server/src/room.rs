@@ -1,0 +1,604 @@
+//! A room: one Yjs document (a map from path to text), the peers connected to it, and the
+//! updates not yet written to the store.
+//!
+//! Everything lives behind one std `Mutex`: nothing awaits while holding it, and each message is
+//! a few microseconds of CRDT work, so a lock is simpler and faster than a task per room. Peers
+//! receive frames through bounded queues filled with `try_send`; a peer whose queue is full is
+//! disconnected instead of slowing everyone else down (it re-syncs when it reconnects).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+use yrs::sync::{Awareness, AwarenessUpdate, Message, MessageReader, SyncMessage};
+use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::updates::encoder::Encode;
+use yrs::{
+    ClientID, Doc, GetString, Map, MapRef, Out, ReadTxn, StateVector, Text, Transact, Update,
+};
+
+use crate::config::Limits;
+use crate::paths;
+
+/// The root map every room keeps its files in: path → `Y.Text`.
+pub const FILES: &str = "files";
+
+/// Close codes sent to a peer, with a reason that names what happened.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl CloseReason {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        CloseReason {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What is known about a room besides its document.
+#[derive(Debug, Clone)]
+pub struct RoomMeta {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub language: Option<String>,
+    pub token_hash: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+pub type PeerId = u64;
+
+/// A peer's side of the room: where its frames go and how to tell it to leave.
+pub struct PeerLink {
+    pub frames: mpsc::Sender<Bytes>,
+    pub kick: oneshot::Sender<CloseReason>,
+}
+
+struct Peer {
+    frames: mpsc::Sender<Bytes>,
+    kick: Option<oneshot::Sender<CloseReason>>,
+    /// Awareness client ids this connection announced; removed for everyone when it leaves.
+    clients: HashSet<ClientID>,
+}
+
+/// One file as the REST API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileInfo {
+    pub path: String,
+    pub size: usize,
+}
+
+/// Updates to write, taken from a room by the flusher. Put back with [`Room::restore`] when
+/// the write fails, so nothing is dropped while the database is away.
+#[derive(Debug, Default)]
+pub struct FlushBatch {
+    pub updates: Vec<Vec<u8>>,
+    pub changed_files: Vec<(String, String)>,
+    pub removed_files: Vec<String>,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Sizes {
+    total: usize,
+    largest: usize,
+    files: usize,
+}
+
+struct State {
+    awareness: Awareness,
+    files: MapRef,
+    sizes: Sizes,
+    peers: HashMap<PeerId, Peer>,
+    next_peer: PeerId,
+    unflushed: Vec<Vec<u8>>,
+    /// Digest of each file's text as last written, to write only files that changed.
+    persisted: HashMap<String, u64>,
+    updated_at: i64,
+    idle_since: Option<Instant>,
+    closed: bool,
+}
+
+pub struct Room {
+    pub meta: RoomMeta,
+    limits: Arc<Limits>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error("the stored room state is corrupt: {0}")]
+    CorruptState(String),
+}
+
+impl Room {
+    /// Rebuilds a room from its stored state and the updates written since.
+    pub fn load(
+        meta: RoomMeta,
+        limits: Arc<Limits>,
+        state: Option<&[u8]>,
+        updates: &[Vec<u8>],
+        persisted_files: &[(String, String)],
+    ) -> Result<Room, RoomError> {
+        let doc = Doc::new();
+        let files = doc.get_or_insert_map(FILES);
+        {
+            let mut txn = doc.transact_mut();
+            for bytes in state.into_iter().chain(updates.iter().map(Vec::as_slice)) {
+                let update =
+                    Update::decode_v1(bytes).map_err(|e| RoomError::CorruptState(e.to_string()))?;
+                txn.apply_update(update)
+                    .map_err(|e| RoomError::CorruptState(e.to_string()))?;
+            }
+        }
+        let persisted = persisted_files
+            .iter()
+            .map(|(path, text)| (path.clone(), digest(text)))
+            .collect();
+        let updated_at = meta.updated_at;
+        let room = Room {
+            meta,
+            limits,
+            state: Mutex::new(State {
+                awareness: Awareness::new(doc),
+                files,
+                sizes: Sizes::default(),
+                peers: HashMap::new(),
+                next_peer: 1,
+                unflushed: Vec::new(),
+                persisted,
+                updated_at,
+                idle_since: Some(Instant::now()),
+                closed: false,
+            }),
+        };
+        let mut state = room.lock();
+        state.sizes = scan(&state).0;
+        drop(state);
+        Ok(room)
+    }
+
+    /// The initial document of a new room: one update holding the given files.
+    pub fn initial_update(files: &[(String, String)]) -> Vec<u8> {
+        let doc = Doc::new();
+        let map = doc.get_or_insert_map(FILES);
+        let mut txn = doc.transact_mut();
+        for (path, text) in files {
+            map.insert(&mut txn, path.as_str(), yrs::TextPrelim::new(text.as_str()));
+        }
+        txn.encode_update_v1()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug in yrs or here; the state is still the
+        // best copy we have, so keep serving it rather than poisoning the room forever.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a peer. Returns its id and the frames that open the conversation: our state vector
+    /// (sync step 1) and everyone's presence.
+    pub fn join(&self, link: PeerLink) -> Result<(PeerId, Vec<Bytes>), CloseReason> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(CloseReason::new(close::GOING_AWAY, "room is closed"));
+        }
+        if state.peers.len() >= self.limits.max_peers {
+            return Err(CloseReason::new(
+                close::TRY_AGAIN_LATER,
+                format!("room is full ({} peers)", self.limits.max_peers),
+            ));
+        }
+        let id = state.next_peer;
+        state.next_peer += 1;
+        state.peers.insert(
+            id,
+            Peer {
+                frames: link.frames,
+                kick: Some(link.kick),
+                clients: HashSet::new(),
+            },
+        );
+        state.idle_since = None;
+        let mut hello = Vec::new();
+        let sv = state.awareness.doc().transact().state_vector();
+        hello.push(frame(Message::Sync(SyncMessage::SyncStep1(sv))));
+        if let Ok(update) = state.awareness.update() {
+            if !update.clients.is_empty() {
+                hello.push(frame(Message::Awareness(update)));
+            }
+        }
+        Ok((id, hello))
+    }
+
+    /// Removes a peer and its presence; everyone else sees it leave.
+    pub fn leave(&self, peer: PeerId) {
+        let mut state = self.lock();
+        remove_peer(&mut state, peer);
+    }
+
+    /// Handles one binary frame from a peer: returns the frames to answer it with. An error
+    /// closes only this peer's connection.
+    pub fn receive(&self, peer: PeerId, data: &[u8]) -> Result<Vec<Bytes>, CloseReason> {
+        let mut decoder = DecoderV1::from(data);
+        let messages: Vec<Message> = MessageReader::new(&mut decoder)
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                CloseReason::new(close::INVALID_DATA, format!("malformed y-protocol frame: {e}"))
+            })?;
+        let mut state = self.lock();
+        if !state.peers.contains_key(&peer) {
+            return Err(CloseReason::new(close::POLICY, "disconnected"));
+        }
+        let mut replies = Vec::new();
+        for message in messages {
+            match message {
+                Message::Sync(SyncMessage::SyncStep1(sv)) => {
+                    let update = state.awareness.doc().transact().encode_state_as_update_v1(&sv);
+                    replies.push(frame(Message::Sync(SyncMessage::SyncStep2(update))));
+                }
+                Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
+                    self.apply_update(&mut state, peer, &update)?;
+                }
+                Message::Awareness(update) => apply_awareness(&mut state, peer, update)?,
+                Message::AwarenessQuery => {
+                    if let Ok(update) = state.awareness.update() {
+                        replies.push(frame(Message::Awareness(update)));
+                    }
+                }
+                // Auth is the server's to send; custom messages have no meaning here. Both are
+                // ignored, as the reference server does, so newer clients keep working.
+                Message::Auth(_) | Message::Custom(..) => {}
+            }
+        }
+        Ok(replies)
+    }
+
+    fn apply_update(&self, state: &mut State, peer: PeerId, bytes: &[u8]) -> Result<(), CloseReason> {
+        let update = Update::decode_v1(bytes)
+            .map_err(|e| CloseReason::new(close::INVALID_DATA, format!("malformed update: {e}")))?;
+        // An update's encoding holds every inserted string verbatim, so its length bounds how
+        // much it can grow any file. Only near a limit is it worth checking on a scratch copy.
+        let sizes = state.sizes;
+        let near_limit = sizes.total + bytes.len() > self.limits.max_room_bytes
+            || sizes.largest + bytes.len() > self.limits.max_file_bytes
+            || sizes.files + 1 >= self.limits.max_files;
+        if near_limit {
+            self.check_on_scratch_copy(state, bytes)?;
+        }
+        let delta = {
+            let mut txn = state.awareness.doc().transact_mut();
+            txn.apply_update(update)
+                .map_err(|e| CloseReason::new(close::INVALID_DATA, format!("invalid update: {e}")))?;
+            txn.has_changes().then(|| txn.encode_update_v1())
+        };
+        let Some(delta) = delta else { return Ok(()) };
+        self.record(state, Some(peer), delta);
+        let (sizes, invalid) = scan(state);
+        state.sizes = sizes;
+        if !invalid.is_empty() {
+            // A stock Yjs client can put anything in the map; what is not a normal path to a
+            // text is taken out again for everyone, and the peer that put it there is closed.
+            let removal = {
+                let mut txn = state.awareness.doc().transact_mut();
+                for key in &invalid {
+                    state.files.remove(&mut txn, key);
+                }
+                txn.encode_update_v1()
+            };
+            self.record(state, None, removal);
+            state.sizes = scan(state).0;
+            return Err(CloseReason::new(
+                close::POLICY,
+                format!("invalid file entry {:?}: keys must be workspace-relative paths to texts", invalid[0]),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies the update to a copy of the document and refuses it if the copy breaks a limit.
+    fn check_on_scratch_copy(&self, state: &State, bytes: &[u8]) -> Result<(), CloseReason> {
+        let scratch = Doc::new();
+        let files = scratch.get_or_insert_map(FILES);
+        {
+            let current = state.awareness.doc().transact().encode_state_as_update_v1(&StateVector::default());
+            let mut txn = scratch.transact_mut();
+            for b in [current.as_slice(), bytes] {
+                let update = Update::decode_v1(b)
+                    .map_err(|e| CloseReason::new(close::INVALID_DATA, format!("malformed update: {e}")))?;
+                txn.apply_update(update)
+                    .map_err(|e| CloseReason::new(close::INVALID_DATA, format!("invalid update: {e}")))?;
+            }
+        }
+        let (sizes, _) = scan_map(&scratch, &files);
+        let limits = &self.limits;
+        if sizes.largest > limits.max_file_bytes {
+            return Err(CloseReason::new(
+                close::TOO_BIG,
+                format!("file too large: limit is {} bytes", limits.max_file_bytes),
+            ));
+        }
+        if sizes.total > limits.max_room_bytes {
+            return Err(CloseReason::new(
+                close::TOO_BIG,
+                format!("room too large: limit is {} bytes", limits.max_room_bytes),
+            ));
+        }
+        if sizes.files > limits.max_files {
+            return Err(CloseReason::new(
+                close::TOO_BIG,
+                format!("too many files: limit is {}", limits.max_files),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Keeps an integrated update for the store and sends it to every peer but its author.
+    fn record(&self, state: &mut State, author: Option<PeerId>, delta: Vec<u8>) {
+        let message = frame(Message::Sync(SyncMessage::Update(delta.clone())));
+        state.unflushed.push(delta);
+        state.updated_at = now_ms();
+        broadcast(state, author, &message);
+    }
+
+    /// Takes what has not been written yet, with the files whose text changed since the last
+    /// write. `None` when there is nothing to write.
+    pub fn take_unflushed(&self) -> Option<FlushBatch> {
+        let mut state = self.lock();
+        if state.unflushed.is_empty() {
+            return None;
+        }
+        let updates = std::mem::take(&mut state.unflushed);
+        let texts = file_texts(&state);
+        let mut changed_files = Vec::new();
+        for (path, text) in &texts {
+            let d = digest(text);
+            if state.persisted.get(path) != Some(&d) {
+                state.persisted.insert(path.clone(), d);
+                changed_files.push((path.clone(), text.clone()));
+            }
+        }
+        let removed_files: Vec<String> = state
+            .persisted
+            .keys()
+            .filter(|p| !texts.iter().any(|(path, _)| path == *p))
+            .cloned()
+            .collect();
+        for path in &removed_files {
+            state.persisted.remove(path);
+        }
+        Some(FlushBatch {
+            updates,
+            changed_files,
+            removed_files,
+            updated_at: state.updated_at,
+        })
+    }
+
+    /// Puts back a batch whose write failed, ahead of anything that arrived since.
+    pub fn restore(&self, batch: FlushBatch) {
+        let mut state = self.lock();
+        let newer = std::mem::replace(&mut state.unflushed, batch.updates);
+        state.unflushed.extend(newer);
+        // Forget the digests so the next write includes these files again.
+        for (path, _) in batch.changed_files {
+            state.persisted.remove(&path);
+        }
+        for path in batch.removed_files {
+            state.persisted.insert(path, 0);
+        }
+    }
+
+    pub fn has_unflushed(&self) -> bool {
+        !self.lock().unflushed.is_empty()
+    }
+
+    /// The whole document as one update, for compaction.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.lock()
+            .awareness
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    pub fn files(&self) -> Vec<FileInfo> {
+        file_texts(&self.lock())
+            .into_iter()
+            .map(|(path, text)| FileInfo {
+                path,
+                size: text.len(),
+            })
+            .collect()
+    }
+
+    pub fn file_text(&self, path: &str) -> Option<String> {
+        let state = self.lock();
+        let txn = state.awareness.doc().transact();
+        match state.files.get(&txn, path) {
+            Some(Out::YText(text)) => Some(text.get_string(&txn)),
+            _ => None,
+        }
+    }
+
+    /// Presence: each announced awareness state, as the peers sent it.
+    pub fn presence(&self) -> Vec<serde_json::Value> {
+        let state = self.lock();
+        let mut peers: Vec<(ClientID, serde_json::Value)> = state
+            .awareness
+            .iter()
+            .filter_map(|(id, s)| {
+                let data = s.data.as_deref()?;
+                let value: serde_json::Value = serde_json::from_str(data).ok()?;
+                (!value.is_null()).then_some((id, value))
+            })
+            .collect();
+        peers.sort_by_key(|(id, _)| id.get());
+        peers
+            .into_iter()
+            .map(|(id, state)| serde_json::json!({"client_id": id.get(), "state": state}))
+            .collect()
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.lock().peers.len()
+    }
+
+    pub fn updated_at(&self) -> i64 {
+        self.lock().updated_at
+    }
+
+    /// How long the room has had no peers, if it has none.
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        self.lock().idle_since.map(|since| since.elapsed())
+    }
+
+    /// Closes every connection with `reason` and refuses new ones.
+    pub fn close(&self, reason: CloseReason) {
+        let mut state = self.lock();
+        state.closed = true;
+        for (_, mut peer) in state.peers.drain() {
+            if let Some(kick) = peer.kick.take() {
+                let _ = kick.send(reason.clone());
+            }
+        }
+    }
+}
+
+fn frame(message: Message) -> Bytes {
+    Bytes::from(message.encode_v1())
+}
+
+fn broadcast(state: &mut State, author: Option<PeerId>, message: &Bytes) {
+    let mut too_slow = Vec::new();
+    for (id, peer) in &state.peers {
+        if Some(*id) == author {
+            continue;
+        }
+        if peer.frames.try_send(message.clone()).is_err() {
+            too_slow.push(*id);
+        }
+    }
+    for id in too_slow {
+        if let Some(kick) = state.peers.get_mut(&id).and_then(|p| p.kick.take()) {
+            let _ = kick.send(CloseReason::new(
+                close::TRY_AGAIN_LATER,
+                "too slow: send queue full, reconnect to resync",
+            ));
+        }
+        remove_peer(state, id);
+    }
+}
+
+fn remove_peer(state: &mut State, peer: PeerId) {
+    let Some(removed) = state.peers.remove(&peer) else {
+        return;
+    };
+    if state.peers.is_empty() {
+        state.idle_since = Some(Instant::now());
+    }
+    let gone: Vec<ClientID> = removed
+        .clients
+        .into_iter()
+        .filter(|id| state.awareness.meta(*id).is_some())
+        .collect();
+    for id in &gone {
+        state.awareness.remove_state(*id);
+    }
+    if let Ok(update) = state.awareness.update_with_clients(gone.iter().copied()) {
+        if !update.clients.is_empty() {
+            broadcast(state, None, &frame(Message::Awareness(update)));
+        }
+    }
+}
+
+fn apply_awareness(state: &mut State, peer: PeerId, update: AwarenessUpdate) -> Result<(), CloseReason> {
+    let clients: Vec<(ClientID, bool)> = update
+        .clients
+        .iter()
+        .map(|(id, entry)| (*id, &*entry.json != "null"))
+        .collect();
+    let message = frame(Message::Awareness(update.clone()));
+    state
+        .awareness
+        .apply_update(update)
+        .map_err(|e| CloseReason::new(close::INVALID_DATA, format!("invalid awareness update: {e}")))?;
+    if let Some(p) = state.peers.get_mut(&peer) {
+        for (id, present) in clients {
+            if present {
+                p.clients.insert(id);
+            } else {
+                p.clients.remove(&id);
+            }
+        }
+    }
+    broadcast(state, Some(peer), &message);
+    Ok(())
+}
+
+fn file_texts(state: &State) -> Vec<(String, String)> {
+    let txn = state.awareness.doc().transact();
+    let mut files: Vec<(String, String)> = state
+        .files
+        .iter(&txn)
+        .filter_map(|(path, value)| match value {
+            Out::YText(text) => Some((path.to_string(), text.get_string(&txn))),
+            _ => None,
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn scan(state: &State) -> (Sizes, Vec<String>) {
+    scan_map(state.awareness.doc(), &state.files)
+}
+
+/// Sizes of the files in the map, and the keys that are not normal paths to texts.
+fn scan_map(doc: &Doc, files: &MapRef) -> (Sizes, Vec<String>) {
+    let txn = doc.transact();
+    let mut sizes = Sizes::default();
+    let mut invalid = Vec::new();
+    for (path, value) in files.iter(&txn) {
+        match value {
+            Out::YText(text) if paths::is_normal(path) => {
+                let len = text.len(&txn) as usize;
+                sizes.total += len;
+                sizes.largest = sizes.largest.max(len);
+                sizes.files += 1;
+            }
+            _ => invalid.push(path.to_string()),
+        }
+    }
+    (sizes, invalid)
+}
+
+fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,298 @@
+//! The rooms in memory, and the one background task that writes them to the store.
+//!
+//! Rooms load lazily on first use and unload after they have been idle (no peers) for a while,
+//! always after a final flush. The flusher is the only writer: it group-commits each room's
+//! buffered updates every flush interval, compacts rooms whose update log grew long, and, when
+//! the database is away, keeps everything in memory and retries with backoff while `/readyz`
+//! reports the store as degraded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::auth;
+use crate::config::{Limits, Persistence};
+use crate::metrics::Metrics;
+use crate::room::{close, now_ms, CloseReason, Room, RoomMeta};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoomsError {
+    #[error("no such room")]
+    NotFound,
+    #[error("the database is unavailable: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+struct Entry {
+    room: Arc<Room>,
+    /// Sequence number the next stored update gets.
+    next_seq: i64,
+    /// Updates stored since the last compaction.
+    since_compaction: u64,
+}
+
+struct Shared {
+    store: Store,
+    limits: Arc<Limits>,
+    persistence: Persistence,
+    metrics: Arc<Metrics>,
+    // A std mutex: held only to look up or insert an entry, never across an await.
+    rooms: Mutex<HashMap<Uuid, Entry>>,
+    // Serialises loads so that two first joins to the same room build it once.
+    loading: tokio::sync::Mutex<()>,
+    degraded: AtomicBool,
+}
+
+/// A cheap handle on the room registry.
+#[derive(Clone)]
+pub struct Rooms {
+    shared: Arc<Shared>,
+}
+
+/// What `POST /rooms` asks for.
+pub struct NewRoom {
+    pub name: Option<String>,
+    pub language: Option<String>,
+    pub files: Vec<(String, String)>,
+}
+
+impl Rooms {
+    pub fn new(store: Store, limits: Limits, persistence: Persistence, metrics: Arc<Metrics>) -> Rooms {
+        Rooms {
+            shared: Arc::new(Shared {
+                store,
+                limits: Arc::new(limits),
+                persistence,
+                metrics,
+                rooms: Mutex::new(HashMap::new()),
+                loading: tokio::sync::Mutex::new(()),
+                degraded: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn degraded(&self) -> bool {
+        self.shared.degraded.load(Ordering::Relaxed)
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
+        self.shared.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn loaded(&self, id: Uuid) -> Option<Arc<Room>> {
+        self.entries().get(&id).map(|e| e.room.clone())
+    }
+
+    pub fn loaded_count(&self) -> usize {
+        self.entries().len()
+    }
+
+    pub fn unflushed_count(&self) -> usize {
+        self.entries().values().filter(|e| e.room.has_unflushed()).count()
+    }
+
+    /// Creates a room in the store and returns it with its token (shown only now).
+    pub async fn create(&self, new: NewRoom) -> Result<(RoomMeta, String), RoomsError> {
+        let token = auth::new_token();
+        let now = now_ms();
+        let meta = RoomMeta {
+            id: Uuid::new_v4(),
+            name: new.name,
+            language: new.language,
+            token_hash: auth::hash_token(&token),
+            created_at: now,
+            updated_at: now,
+        };
+        let state = Room::initial_update(&new.files);
+        self.shared.store.create_room(&meta, &state, &new.files).await?;
+        Metrics::inc(&self.shared.metrics.rooms_created);
+        Ok((meta, token))
+    }
+
+    /// The room's metadata, from memory if it is loaded, else from the store.
+    pub async fn meta(&self, id: Uuid) -> Result<RoomMeta, RoomsError> {
+        if let Some(room) = self.loaded(id) {
+            return Ok(room.meta.clone());
+        }
+        self.shared.store.room_meta(id).await?.ok_or(RoomsError::NotFound)
+    }
+
+    /// The room in memory, loading it from the store on first use.
+    pub async fn get(&self, id: Uuid) -> Result<Arc<Room>, RoomsError> {
+        if let Some(room) = self.loaded(id) {
+            return Ok(room);
+        }
+        let _guard = self.shared.loading.lock().await;
+        if let Some(room) = self.loaded(id) {
+            return Ok(room);
+        }
+        let stored = self.shared.store.load_room(id).await?.ok_or(RoomsError::NotFound)?;
+        let room = Room::load(
+            stored.meta,
+            self.shared.limits.clone(),
+            stored.state.as_deref(),
+            &stored.updates,
+            &stored.files,
+        )
+        .map_err(|e| RoomsError::Corrupt(e.to_string()))?;
+        let room = Arc::new(room);
+        self.entries().insert(
+            id,
+            Entry {
+                room: room.clone(),
+                next_seq: stored.last_seq + 1,
+                since_compaction: stored.updates.len() as u64,
+            },
+        );
+        Metrics::inc(&self.shared.metrics.rooms_loaded);
+        tracing::info!(room = %id, updates = stored.updates.len(), "room loaded");
+        Ok(room)
+    }
+
+    /// Deletes the room everywhere; its peers are disconnected with a reason.
+    pub async fn delete(&self, id: Uuid) -> Result<(), RoomsError> {
+        if !self.shared.store.delete_room(id).await? {
+            return Err(RoomsError::NotFound);
+        }
+        if let Some(entry) = self.entries().remove(&id) {
+            entry.room.close(CloseReason::new(close::GOING_AWAY, "room deleted"));
+        }
+        tracing::info!(room = %id, "room deleted");
+        Ok(())
+    }
+
+    /// Runs the flusher until `shutdown` fires, then flushes everything one last time.
+    pub async fn run_flusher(self, mut shutdown: watch::Receiver<bool>) {
+        let interval = self.shared.persistence.flush_interval();
+        let mut backoff = interval;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => break,
+            }
+            if self.flush_all().await {
+                backoff = interval;
+                self.unload_idle().await;
+            } else {
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Flushes every room with buffered updates. False if any write failed.
+    pub async fn flush_all(&self) -> bool {
+        let ids: Vec<Uuid> = self.entries().keys().copied().collect();
+        let mut ok = true;
+        for id in ids {
+            if let Err(e) = self.flush(id).await {
+                ok = false;
+                Metrics::inc(&self.shared.metrics.flush_failures);
+                if !self.shared.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "store unavailable; keeping updates in memory and retrying");
+                }
+                break;
+            }
+        }
+        if ok && self.shared.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!("store available again; buffered updates written");
+        }
+        ok
+    }
+
+    async fn flush(&self, id: Uuid) -> Result<(), StoreError> {
+        let Some((room, seq, since)) = self
+            .entries()
+            .get(&id)
+            .map(|e| (e.room.clone(), e.next_seq, e.since_compaction))
+        else {
+            return Ok(());
+        };
+        let Some(batch) = room.take_unflushed() else {
+            return Ok(());
+        };
+        let count = batch.updates.len() as i64;
+        if let Err(e) = self.shared.store.append(id, seq, &batch).await {
+            room.restore(batch);
+            return Err(e);
+        }
+        let metrics = &self.shared.metrics;
+        Metrics::inc(&metrics.flushes);
+        metrics
+            .updates_written
+            .fetch_add(count as u64, Ordering::Relaxed);
+        let last = seq + count - 1;
+        let since = since + count as u64;
+        self.set_progress(id, last + 1, since);
+        if since >= self.shared.persistence.compact_after {
+            // The snapshot may include updates newer than `last`; they are stored again later
+            // and applying an update twice is a no-op, so nothing is lost or doubled.
+            self.shared.store.compact(id, &room.snapshot(), last).await?;
+            Metrics::inc(&metrics.compactions);
+            self.set_progress(id, last + 1, 0);
+        }
+        Ok(())
+    }
+
+    fn set_progress(&self, id: Uuid, next_seq: i64, since_compaction: u64) {
+        if let Some(entry) = self.entries().get_mut(&id) {
+            entry.next_seq = next_seq;
+            entry.since_compaction = since_compaction;
+        }
+    }
+
+    /// Unloads rooms that have had no peers for the idle period and have nothing unflushed.
+    async fn unload_idle(&self) {
+        let idle = self.shared.persistence.idle_unload();
+        let mut entries = self.entries();
+        let ids: Vec<Uuid> = entries
+            .iter()
+            .filter(|(_, e)| e.room.idle_for().is_some_and(|d| d >= idle) && !e.room.has_unflushed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(entry) = entries.remove(&id) {
+                entry.room.close(CloseReason::new(close::GOING_AWAY, "room unloaded"));
+                Metrics::inc(&self.shared.metrics.rooms_unloaded);
+                tracing::info!(room = %id, "idle room unloaded");
+            }
+        }
+    }
+
+    /// Closes every connection with a proper close frame and writes everything, retrying for
+    /// a while if the database is away.
+    async fn shutdown(&self) {
+        let rooms: Vec<Arc<Room>> = self.entries().values().map(|e| e.room.clone()).collect();
+        for room in &rooms {
+            room.close(CloseReason::new(close::GOING_AWAY, "server shutting down"));
+        }
+        for attempt in 1..=10 {
+            if self.flush_all().await {
+                tracing::info!(rooms = rooms.len(), "all rooms flushed");
+                break;
+            }
+            tracing::warn!(attempt, "final flush failed; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.shared.store.close().await;
+    }
+}

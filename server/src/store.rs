@@ -1,0 +1,301 @@
+//! Persistence: one interface over PostgreSQL and SQLite.
+//!
+//! Both databases hold the same three tables (see `migrations/`): rooms with their compacted
+//! CRDT state, the log of updates written since, and a plain-text copy of each file. Every query
+//! is portable SQL run through sqlx's `Any` driver, so both back ends run the same code and the
+//! same tests; only the migration files differ (`BYTEA` against `BLOB`).
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use uuid::Uuid;
+
+use crate::room::{FileInfo, FlushBatch, RoomMeta};
+
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported DATABASE_URL scheme (use postgres:// or sqlite://)")]
+    UnsupportedUrl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A cheap handle on the database pool.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Everything needed to bring a room back into memory.
+pub struct StoredRoom {
+    pub meta: RoomMeta,
+    pub state: Option<Vec<u8>>,
+    pub updates: Vec<Vec<u8>>,
+    /// Sequence number of the last stored update (0 when there is none).
+    pub last_seq: i64,
+    pub files: Vec<(String, String)>,
+}
+
+impl Store {
+    /// Opens the database at `url`, creating an SQLite file if needed, and migrates it.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Postgres => 8,
+                // One writer at a time is all SQLite allows; more connections only queue on
+                // its lock.
+                Backend::Sqlite => 4,
+            })
+            // While the database is away, fail fast: the flusher keeps the updates and retries.
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(&url)
+            .await?;
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        }
+        match backend {
+            Backend::Postgres => POSTGRES.run(&pool).await?,
+            Backend::Sqlite => SQLITE.run(&pool).await?,
+        }
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Answers when the database does.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn create_room(
+        &self,
+        meta: &RoomMeta,
+        state: &[u8],
+        files: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO rooms (id, name, language, token_hash, created_at, updated_at, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(meta.id.to_string())
+        .bind(meta.name.clone())
+        .bind(meta.language.clone())
+        .bind(meta.token_hash.clone())
+        .bind(meta.created_at)
+        .bind(meta.updated_at)
+        .bind(state.to_vec())
+        .execute(&mut *tx)
+        .await?;
+        upsert_files(&mut tx, meta.id, files).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn room_meta(&self, id: Uuid) -> Result<Option<RoomMeta>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, language, token_hash, created_at, updated_at FROM rooms WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| meta_from_row(id, &row)).transpose()
+    }
+
+    pub async fn load_room(&self, id: Uuid) -> Result<Option<StoredRoom>, StoreError> {
+        let Some(meta) = self.room_meta(id).await? else {
+            return Ok(None);
+        };
+        let key = id.to_string();
+        let state: Option<Vec<u8>> = sqlx::query("SELECT state FROM rooms WHERE id = $1")
+            .bind(&key)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let rows = sqlx::query("SELECT seq, data FROM room_updates WHERE room_id = $1 ORDER BY seq")
+            .bind(&key)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut updates = Vec::with_capacity(rows.len());
+        let mut last_seq = 0;
+        for row in rows {
+            last_seq = row.try_get(0)?;
+            updates.push(row.try_get(1)?);
+        }
+        let files = self.file_texts(id).await?;
+        Ok(Some(StoredRoom {
+            meta,
+            state,
+            updates,
+            last_seq,
+            files,
+        }))
+    }
+
+    async fn file_texts(&self, id: Uuid) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT path, content FROM room_files WHERE room_id = $1 ORDER BY path")
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// The stored plain-text copies: what the REST API shows for a room not in memory.
+    pub async fn files(&self, id: Uuid) -> Result<Vec<FileInfo>, StoreError> {
+        let rows = sqlx::query("SELECT path, size FROM room_files WHERE room_id = $1 ORDER BY path")
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let size: i64 = row.try_get(1)?;
+                Ok(FileInfo {
+                    path: row.try_get(0)?,
+                    size: size as usize,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn file_text(&self, id: Uuid, path: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT content FROM room_files WHERE room_id = $1 AND path = $2")
+            .bind(id.to_string())
+            .bind(path)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get(0)).transpose()?)
+    }
+
+    /// Appends a batch of updates (numbered from `first_seq`) and the changed file copies, in
+    /// one transaction: one write per room per flush, never one per keystroke.
+    pub async fn append(&self, id: Uuid, first_seq: i64, batch: &FlushBatch) -> Result<(), StoreError> {
+        let key = id.to_string();
+        let mut tx = self.pool.begin().await?;
+        for (i, update) in batch.updates.iter().enumerate() {
+            sqlx::query("INSERT INTO room_updates (room_id, seq, data) VALUES ($1, $2, $3)")
+                .bind(&key)
+                .bind(first_seq + i as i64)
+                .bind(update.clone())
+                .execute(&mut *tx)
+                .await?;
+        }
+        upsert_files(&mut tx, id, &batch.changed_files).await?;
+        for path in &batch.removed_files {
+            sqlx::query("DELETE FROM room_files WHERE room_id = $1 AND path = $2")
+                .bind(&key)
+                .bind(path)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE rooms SET updated_at = $1 WHERE id = $2")
+            .bind(batch.updated_at)
+            .bind(&key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces the stored state with `state` and drops the updates it includes (`seq <= upto`).
+    pub async fn compact(&self, id: Uuid, state: &[u8], upto: i64) -> Result<(), StoreError> {
+        let key = id.to_string();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE rooms SET state = $1 WHERE id = $2")
+            .bind(state.to_vec())
+            .bind(&key)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM room_updates WHERE room_id = $1 AND seq <= $2")
+            .bind(&key)
+            .bind(upto)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes a room and everything stored for it. False when there was no such room.
+    pub async fn delete_room(&self, id: Uuid) -> Result<bool, StoreError> {
+        let key = id.to_string();
+        let mut tx = self.pool.begin().await?;
+        // Children first: SQLite enforces foreign keys only when asked to, per connection.
+        for table in ["room_updates", "room_files"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE room_id = $1"))
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let deleted = sqlx::query("DELETE FROM rooms WHERE id = $1")
+            .bind(&key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn upsert_files(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: Uuid,
+    files: &[(String, String)],
+) -> Result<(), StoreError> {
+    for (path, text) in files {
+        sqlx::query(
+            "INSERT INTO room_files (room_id, path, content, size) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (room_id, path) DO UPDATE SET content = excluded.content, size = excluded.size",
+        )
+        .bind(id.to_string())
+        .bind(path)
+        .bind(text)
+        .bind(text.len() as i64)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn meta_from_row(id: Uuid, row: &AnyRow) -> Result<RoomMeta, StoreError> {
+    Ok(RoomMeta {
+        id,
+        name: row.try_get(1)?,
+        language: row.try_get(2)?,
+        token_hash: row.try_get(3)?,
+        created_at: row.try_get(4)?,
+        updated_at: row.try_get(5)?,
+    })
+}

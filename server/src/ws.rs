@@ -1,0 +1,187 @@
+//! `/ws/{id}`: the y-websocket protocol, one connection per peer.
+//!
+//! This module only translates between WebSocket frames and [`Room`] calls, and enforces the
+//! per-connection limits (message size, message rate, a bounded send queue). Whatever goes
+//! wrong with one connection closes that connection, with a close reason that says why.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::metrics::Metrics;
+use crate::room::{close, CloseReason, PeerLink, Room};
+use crate::rooms::Rooms;
+
+/// How long one frame may take to go out before the peer counts as gone.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one accepted WebSocket until either side ends it.
+pub async fn serve(socket: WebSocket, room: Arc<Room>, rooms: Rooms, mut shutdown: watch::Receiver<bool>) {
+    let metrics = rooms.metrics();
+    let limits = rooms.limits();
+    Metrics::inc(&metrics.connections_total);
+    metrics.connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (frames_tx, mut frames) = mpsc::channel(limits.send_queue.max(1));
+    let (kick_tx, mut kick) = oneshot::channel();
+    let (mut sink, mut stream) = socket.split();
+    let room_id = room.meta.id;
+
+    let joined = room.join(PeerLink {
+        frames: frames_tx,
+        kick: kick_tx,
+    });
+    let (peer, hello) = match joined {
+        Ok(joined) => joined,
+        Err(reason) => {
+            tracing::info!(room = %room_id, reason = %reason.reason, "connection refused");
+            Metrics::inc(&metrics.connections_rejected);
+            let _ = sink.send(close_message(reason)).await;
+            metrics.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+    };
+    tracing::debug!(room = %room_id, peer, "peer joined");
+    let mut rate = RateLimit::new(limits.max_messages_per_second);
+    let max_bytes = limits.max_message_bytes;
+
+    let outcome: Result<(), CloseReason> = async {
+        for frame in hello {
+            send(&mut sink, Message::Binary(frame)).await?;
+        }
+        loop {
+            tokio::select! {
+                frame = frames.recv() => match frame {
+                    Some(frame) => send(&mut sink, Message::Binary(frame)).await?,
+                    None => return Ok(()),
+                },
+                reason = &mut kick => {
+                    return Err(reason.unwrap_or_else(|_| CloseReason::new(close::GOING_AWAY, "disconnected")));
+                }
+                _ = shutdown.changed() => {
+                    return Err(CloseReason::new(close::GOING_AWAY, "server shutting down"));
+                }
+                incoming = stream.next() => {
+                    let data = match incoming {
+                        None | Some(Ok(Message::Close(_))) => return Ok(()),
+                        Some(Ok(Message::Binary(data))) => data,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Text(_))) => return Err(CloseReason::new(
+                            close::INVALID_DATA,
+                            "text frames are not part of the y-websocket protocol; send binary frames",
+                        )),
+                        Some(Err(e)) => return Err(CloseReason::new(
+                            close::TOO_BIG,
+                            format!("unreadable frame (messages are limited to {max_bytes} bytes): {e}"),
+                        )),
+                    };
+                    Metrics::inc(&metrics.messages_received);
+                    metrics.bytes_received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    if data.len() > max_bytes {
+                        return Err(CloseReason::new(
+                            close::TOO_BIG,
+                            format!("message too large: {} bytes, limit is {max_bytes}", data.len()),
+                        ));
+                    }
+                    if !rate.allow() {
+                        return Err(CloseReason::new(
+                            close::POLICY,
+                            format!("rate limit: more than {} messages per second", limits.max_messages_per_second),
+                        ));
+                    }
+                    for reply in room.receive(peer, &data)? {
+                        send(&mut sink, Message::Binary(reply)).await?;
+                    }
+                }
+            }
+        }
+    }
+    .await;
+
+    room.leave(peer);
+    if let Err(reason) = outcome {
+        if reason.code != close::GOING_AWAY {
+            Metrics::inc(&metrics.peers_kicked);
+            tracing::info!(room = %room_id, peer, code = reason.code, reason = %reason.reason, "connection closed");
+        }
+        let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(close_message(reason))).await;
+    }
+    metrics.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(room = %room_id, peer, "peer left");
+}
+
+async fn send(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    message: Message,
+) -> Result<(), CloseReason> {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(CloseReason::new(close::GOING_AWAY, "peer unreachable")),
+    }
+}
+
+pub fn close_message(reason: CloseReason) -> Message {
+    // A close reason must fit a control frame (123 bytes); cut on a character boundary.
+    let mut text = reason.reason;
+    while text.len() > 123 {
+        text.pop();
+    }
+    Message::Close(Some(CloseFrame {
+        code: reason.code,
+        reason: text.into(),
+    }))
+}
+
+/// A token bucket: `per_second` sustained, bursts of twice that.
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        RateLimit {
+            per_second,
+            tokens: per_second * 2.0,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.per_second * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_bursts_of_twice_the_rate_then_refuses() {
+        let mut rate = RateLimit::new(10);
+        assert!((0..20).all(|_| rate.allow()));
+        assert!(!rate.allow());
+    }
+
+    #[test]
+    fn close_reasons_are_cut_to_fit_a_control_frame() {
+        let Message::Close(Some(frame)) = close_message(CloseReason::new(1008, "é".repeat(100))) else {
+            panic!("not a close frame");
+        };
+        assert!(frame.reason.len() <= 123);
+        assert_eq!(frame.code, 1008);
+    }
+}
