@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::auth;
-use crate::autocomplete::Engine;
+use crate::autocomplete::{Engine, IdentifierIndex};
 use crate::paths;
 use crate::room::RoomMeta;
 use crate::rooms::{NewRoom, Rooms, RoomsError};
@@ -315,9 +315,11 @@ async fn autocomplete(State(app): State<AppState>, body: Bytes) -> ApiResult<Jso
     let request: AutocompleteRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let cursor = request.cursor_position.unwrap_or(usize::MAX);
+    // Identifiers of the submitted code, as the prototypes offered them: one pass over it.
+    let identifiers = IdentifierIndex::from_text(&request.code);
     let suggestions = app
         .autocomplete
-        .complete_in_text(&request.language, &request.code, cursor, None);
+        .complete_in_text(&request.language, &request.code, cursor, Some(&identifiers));
     Ok(Json(json!({"suggestions": suggestions})))
 }
 

@@ -1729,6 +1729,11 @@ mod tests {
                 let _ = engine.complete_in_text(lang, code, cursor, Some(&index));
             }
         }
+        let odd = "im\rp\u{301}ri 🦀\r\n\u{301}x\t\r\r\nfor\u{10FFFF}";
+        let odd_index = IdentifierIndex::from_text(odd);
+        for cursor in 0..=odd.chars().count() + 1 {
+            let _ = engine.complete_in_text("python", odd, cursor, Some(&odd_index));
+        }
         assert!(engine
             .complete_in_text("python", "", 0, Some(&index))
             .is_empty());

@@ -1,0 +1,217 @@
+//! A real `duet-server` process on a free loopback port, over SQLite or PostgreSQL.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::{binary, eventually, free_port};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("duet-{label}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where a server keeps its rooms: a fresh SQLite file, or the shared test PostgreSQL (rooms
+/// have random ids, so tests sharing one database never see each other's rooms).
+pub struct Database {
+    pub backend: Backend,
+    pub url: String,
+    pub dir: TempDir,
+}
+
+impl Database {
+    pub fn new(backend: Backend) -> Database {
+        let dir = TempDir::new("db");
+        let url = match backend {
+            Backend::Sqlite => format!("sqlite://{}", dir.0.join("duet.db").display()),
+            Backend::Postgres => std::env::var("DUET_TEST_DATABASE_URL").expect(
+                "DUET_TEST_DATABASE_URL is not set: run the tests with `tests/run`, which starts a throwaway PostgreSQL",
+            ),
+        };
+        Database { backend, url, dir }
+    }
+
+    pub fn with_url(backend: Backend, url: String) -> Database {
+        Database {
+            backend,
+            url,
+            dir: TempDir::new("db"),
+        }
+    }
+}
+
+/// A created room: its id and token.
+#[derive(Debug, Clone)]
+pub struct RoomRef {
+    pub id: String,
+    pub token: String,
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    database_url: String,
+    args: Vec<String>,
+    log: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts a server with default limits plus `args`, and waits until it answers.
+    pub async fn start(db: &Database, args: &[&str]) -> Server {
+        let mut server = Server {
+            child: None,
+            port: free_port(),
+            database_url: db.url.clone(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            log: db.dir.0.join(format!("server-{}.log", uuid::Uuid::new_v4())),
+            http: reqwest::Client::new(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("server log");
+        let child = Command::new(binary("duet-server"))
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(&self.args)
+            .env("DATABASE_URL", &self.database_url)
+            .env("RUST_LOG", "info,duet_server=debug,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start duet-server");
+        self.child = Some(child);
+        let url = self.url("/healthz");
+        let http = self.http.clone();
+        eventually(Duration::from_secs(20), "duet-server to answer /healthz", || {
+            let (url, http) = (url.clone(), http.clone());
+            async move { http.get(url).send().await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The WebSocket base the Yjs provider takes: rooms are `<base>/<id>`.
+    pub fn ws_base(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn ws_url(&self, room: &RoomRef) -> String {
+        format!("{}/{}?token={}", self.ws_base(), room.id, room.token)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn create_room(&self, body: Value) -> RoomRef {
+        let response = self.http.post(self.url("/rooms")).json(&body).send().await.expect("POST /rooms");
+        assert_eq!(response.status(), 201, "POST /rooms");
+        let v: Value = response.json().await.expect("json");
+        RoomRef {
+            id: v["id"].as_str().expect("id").to_string(),
+            token: v["token"].as_str().expect("token").to_string(),
+        }
+    }
+
+    pub async fn create_room_with(&self, files: &[(&str, &str)]) -> RoomRef {
+        let files: serde_json::Map<String, Value> =
+            files.iter().map(|(p, t)| (p.to_string(), json!(t))).collect();
+        self.create_room(json!({ "files": files })).await
+    }
+
+    /// A file's text as the server has it (`None` on 404).
+    pub async fn file(&self, room: &RoomRef, path: &str) -> Option<String> {
+        let response = self
+            .http
+            .get(self.url(&format!("/rooms/{}/files/{path}", room.id)))
+            .bearer_auth(&room.token)
+            .send()
+            .await
+            .expect("GET file");
+        if response.status() == 404 {
+            return None;
+        }
+        assert_eq!(response.status(), 200, "GET file");
+        Some(response.text().await.expect("text"))
+    }
+
+    pub async fn room_info(&self, room: &RoomRef) -> Value {
+        self.http
+            .get(self.url(&format!("/rooms/{}", room.id)))
+            .bearer_auth(&room.token)
+            .send()
+            .await
+            .expect("GET room")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// SIGKILL: nothing gets flushed.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns whether it exited successfully.
+    pub async fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join");
+        status.map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Starts the server again on the same port and database.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server before restarting it");
+        self.spawn().await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
