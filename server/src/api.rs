@@ -234,11 +234,12 @@ async fn room_info(
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
     let meta = authorize(&app.rooms, &id, &headers, &query).await?;
-    let (files, peers, updated_at) = match app.rooms.loaded(meta.id) {
-        Some(room) => (room.files(), room.presence(), room.updated_at()),
+    let (files, peers, connections, updated_at) = match app.rooms.loaded(meta.id) {
+        Some(room) => (room.files(), room.presence(), room.peer_count(), room.updated_at()),
         None => (
             app.rooms.store().files(meta.id).await.map_err(RoomsError::from)?,
             Vec::new(),
+            0,
             meta.updated_at,
         ),
     };
@@ -248,7 +249,7 @@ async fn room_info(
         "language": meta.language,
         "files": files,
         "peers": peers,
-        "peer_count": peers.len(),
+        "peer_count": connections,
         "created_at": meta.created_at,
         "updated_at": updated_at,
     })))

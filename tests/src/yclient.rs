@@ -21,6 +21,14 @@ pub struct YClient {
     out: mpsc::UnboundedSender<WsMessage>,
     synced: watch::Receiver<bool>,
     closed: watch::Receiver<Option<Close>>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Drop for YClient {
+    /// Drops the connection at once, as a crashed peer would.
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(|t| t.abort());
+    }
 }
 
 #[derive(Debug)]
@@ -48,7 +56,7 @@ impl YClient {
         let (closed_tx, closed) = watch::channel(None);
         let (mut sink, mut stream) = socket.split();
 
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             while let Some(message) = out_rx.recv().await {
                 if sink.send(message).await.is_err() {
                     break;
@@ -57,7 +65,7 @@ impl YClient {
         });
         let reader_state = state.clone();
         let reply = out.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Some(frame) = stream.next().await {
                 match frame {
                     Ok(WsMessage::Binary(data)) => {
@@ -83,6 +91,7 @@ impl YClient {
             out,
             synced,
             closed,
+            tasks: [writer, reader],
         };
         let sv = client.lock().doc().transact().state_vector();
         client.send_message(Message::Sync(SyncMessage::SyncStep1(sv)));
