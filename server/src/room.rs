@@ -13,8 +13,8 @@ use std::time::Instant;
 use axum::body::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
-use yrs::sync::{Awareness, AwarenessUpdate, Message, MessageReader, SyncMessage};
-use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::sync::{Awareness, AwarenessUpdate, Message, SyncMessage};
+use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
     ClientID, Doc, GetString, Map, MapRef, Out, ReadTxn, StateVector, Text, Transact, Update,
@@ -233,41 +233,32 @@ impl Room {
         remove_peer(&mut state, peer);
     }
 
-    /// Handles one binary frame from a peer: returns the frames to answer it with. An error
-    /// closes only this peer's connection.
-    pub fn receive(&self, peer: PeerId, data: &[u8]) -> Result<Vec<Bytes>, CloseReason> {
-        let mut decoder = DecoderV1::from(data);
-        let messages: Vec<Message> = MessageReader::new(&mut decoder)
-            .collect::<Result<_, _>>()
-            .map_err(|e| {
-                CloseReason::new(close::INVALID_DATA, format!("malformed y-protocol frame: {e}"))
-            })?;
+    /// Handles one binary frame from a peer: returns the frame to answer it with, if any. An
+    /// error closes only this peer's connection.
+    pub fn receive(&self, peer: PeerId, data: &[u8]) -> Result<Option<Bytes>, CloseReason> {
+        // y-websocket sends one message per frame. (yrs' `MessageReader` would take a truncated
+        // frame for the end of the stream and silently ignore it.)
+        let message = Message::decode_v1(data).map_err(|e| {
+            CloseReason::new(close::INVALID_DATA, format!("malformed y-protocol frame: {e}"))
+        })?;
         let mut state = self.lock();
         if !state.peers.contains_key(&peer) {
             return Err(CloseReason::new(close::POLICY, "disconnected"));
         }
-        let mut replies = Vec::new();
-        for message in messages {
-            match message {
-                Message::Sync(SyncMessage::SyncStep1(sv)) => {
-                    let update = state.awareness.doc().transact().encode_state_as_update_v1(&sv);
-                    replies.push(frame(Message::Sync(SyncMessage::SyncStep2(update))));
-                }
-                Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
-                    self.apply_update(&mut state, peer, &update)?;
-                }
-                Message::Awareness(update) => apply_awareness(&mut state, peer, update)?,
-                Message::AwarenessQuery => {
-                    if let Ok(update) = state.awareness.update() {
-                        replies.push(frame(Message::Awareness(update)));
-                    }
-                }
-                // Auth is the server's to send; custom messages have no meaning here. Both are
-                // ignored, as the reference server does, so newer clients keep working.
-                Message::Auth(_) | Message::Custom(..) => {}
+        match message {
+            Message::Sync(SyncMessage::SyncStep1(sv)) => {
+                let update = state.awareness.doc().transact().encode_state_as_update_v1(&sv);
+                Ok(Some(frame(Message::Sync(SyncMessage::SyncStep2(update)))))
             }
+            Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
+                self.apply_update(&mut state, peer, &update).map(|()| None)
+            }
+            Message::Awareness(update) => apply_awareness(&mut state, peer, update).map(|()| None),
+            Message::AwarenessQuery => Ok(state.awareness.update().ok().map(|u| frame(Message::Awareness(u)))),
+            // Auth is the server's to send; custom messages have no meaning here. Both are
+            // ignored, as the reference server does, so newer clients keep working.
+            Message::Auth(_) | Message::Custom(..) => Ok(None),
         }
-        Ok(replies)
     }
 
     fn apply_update(&self, state: &mut State, peer: PeerId, bytes: &[u8]) -> Result<(), CloseReason> {

@@ -17,6 +17,8 @@ use crate::rooms::Rooms;
 
 /// How long one frame may take to go out before the peer counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the close frame may take: a peer that stopped reading may never take it.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one accepted WebSocket until either side ends it.
 pub async fn serve(socket: WebSocket, room: Arc<Room>, rooms: Rooms, mut shutdown: watch::Receiver<bool>) {
@@ -25,8 +27,9 @@ pub async fn serve(socket: WebSocket, room: Arc<Room>, rooms: Rooms, mut shutdow
     Metrics::inc(&metrics.connections_total);
     metrics.connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (frames_tx, mut frames) = mpsc::channel(limits.send_queue.max(1));
-    let (kick_tx, mut kick) = oneshot::channel();
-    let (mut sink, mut stream) = socket.split();
+    let (kick_tx, kick_rx) = oneshot::channel();
+    let (sink, mut stream) = socket.split();
+    let mut conn = Conn { sink, kick: kick_rx };
     let room_id = room.meta.id;
 
     let joined = room.join(PeerLink {
@@ -38,7 +41,7 @@ pub async fn serve(socket: WebSocket, room: Arc<Room>, rooms: Rooms, mut shutdow
         Err(reason) => {
             tracing::info!(room = %room_id, reason = %reason.reason, "connection refused");
             Metrics::inc(&metrics.connections_rejected);
-            let _ = sink.send(close_message(reason)).await;
+            let _ = conn.sink.send(close_message(reason)).await;
             metrics.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
@@ -49,17 +52,15 @@ pub async fn serve(socket: WebSocket, room: Arc<Room>, rooms: Rooms, mut shutdow
 
     let outcome: Result<(), CloseReason> = async {
         for frame in hello {
-            send(&mut sink, Message::Binary(frame)).await?;
+            conn.send(Message::Binary(frame)).await?;
         }
         loop {
             tokio::select! {
                 frame = frames.recv() => match frame {
-                    Some(frame) => send(&mut sink, Message::Binary(frame)).await?,
+                    Some(frame) => conn.send(Message::Binary(frame)).await?,
                     None => return Ok(()),
                 },
-                reason = &mut kick => {
-                    return Err(reason.unwrap_or_else(|_| CloseReason::new(close::GOING_AWAY, "disconnected")));
-                }
+                reason = &mut conn.kick => return Err(kicked(reason)),
                 _ = shutdown.changed() => {
                     return Err(CloseReason::new(close::GOING_AWAY, "server shutting down"));
                 }
@@ -91,8 +92,8 @@ pub async fn serve(socket: WebSocket, room: Arc<Room>, rooms: Rooms, mut shutdow
                             format!("rate limit: more than {} messages per second", limits.max_messages_per_second),
                         ));
                     }
-                    for reply in room.receive(peer, &data)? {
-                        send(&mut sink, Message::Binary(reply)).await?;
+                    if let Some(reply) = room.receive(peer, &data)? {
+                        conn.send(Message::Binary(reply)).await?;
                     }
                 }
             }
@@ -106,20 +107,35 @@ pub async fn serve(socket: WebSocket, room: Arc<Room>, rooms: Rooms, mut shutdow
             Metrics::inc(&metrics.peers_kicked);
             tracing::info!(room = %room_id, peer, code = reason.code, reason = %reason.reason, "connection closed");
         }
-        let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(close_message(reason))).await;
+        // A peer that stopped reading may never take the close frame: do not wait for it long.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.sink.send(close_message(reason))).await;
     }
     metrics.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(room = %room_id, peer, "peer left");
 }
 
-async fn send(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    message: Message,
-) -> Result<(), CloseReason> {
-    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(CloseReason::new(close::GOING_AWAY, "peer unreachable")),
+/// The sending half of a connection, and the room's way of telling it to go.
+struct Conn {
+    sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    kick: oneshot::Receiver<CloseReason>,
+}
+
+impl Conn {
+    /// Sends one frame. A peer whose socket stays full is gone; a kick from the room (this peer
+    /// fell too far behind) ends the wait at once.
+    async fn send(&mut self, message: Message) -> Result<(), CloseReason> {
+        tokio::select! {
+            sent = tokio::time::timeout(SEND_TIMEOUT, self.sink.send(message)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(CloseReason::new(close::GOING_AWAY, "peer unreachable")),
+            },
+            reason = &mut self.kick => Err(kicked(reason)),
+        }
     }
+}
+
+fn kicked(reason: Result<CloseReason, oneshot::error::RecvError>) -> CloseReason {
+    reason.unwrap_or_else(|_| CloseReason::new(close::GOING_AWAY, "disconnected"))
 }
 
 pub fn close_message(reason: CloseReason) -> Message {

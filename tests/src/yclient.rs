@@ -198,10 +198,23 @@ impl YClient {
         value.clone().expect("closed")
     }
 
+    /// Length of a file in UTF-16 code units (cheap: no copy of the text).
+    pub fn len(&self, file: &str) -> Option<u32> {
+        let state = self.lock();
+        let txn = state.doc().transact();
+        match self.files.get(&txn, file) {
+            Some(Out::YText(text)) => Some(text.len(&txn)),
+            _ => None,
+        }
+    }
+
     pub async fn wait_text(&self, file: &str, expected: &str, timeout: Duration) {
-        let what = format!("{file} to read {expected:?}");
-        crate::eventually(timeout, &what, || async { (self.text(file).as_deref() == Some(expected)).then_some(()) })
-            .await
+        let what = format!("{file} to read the expected {} bytes", expected.len());
+        let expected_len = expected.encode_utf16().count() as u32;
+        crate::eventually(timeout, &what, || async {
+            (self.len(file) == Some(expected_len) && self.text(file).as_deref() == Some(expected)).then_some(())
+        })
+        .await
     }
 }
 
