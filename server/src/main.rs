@@ -11,7 +11,7 @@ use duet_server::config::{Config, LogFormat};
 use duet_server::metrics::Metrics;
 use duet_server::rooms::Rooms;
 use duet_server::store::Store;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -32,10 +32,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let flusher = tokio::spawn(rooms.clone().run_flusher(shutdown_rx.clone()));
+    let (connections, mut all_closed) = mpsc::channel(1);
     let app = api::router(AppState {
         rooms,
         autocomplete: Arc::new(Engine::builtin()),
         shutdown: shutdown_rx.clone(),
+        connections,
     });
 
     let listener = tokio::net::TcpListener::bind(config.bind)
@@ -53,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
     });
     server.await?;
     flusher.await?;
+    // Every WebSocket task has been told to close; let them send their close frames.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all_closed.recv()).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -93,6 +93,8 @@ pub struct FlushBatch {
     pub changed_files: Vec<(String, String)>,
     pub removed_files: Vec<String>,
     pub updated_at: i64,
+    /// When the oldest of these updates arrived.
+    pub pending_since: Option<Instant>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -109,6 +111,8 @@ struct State {
     peers: HashMap<PeerId, Peer>,
     next_peer: PeerId,
     unflushed: Vec<Vec<u8>>,
+    /// When the oldest unflushed update arrived: how far the store is behind.
+    unflushed_since: Option<Instant>,
     /// Digest of each file's text as last written, to write only files that changed.
     persisted: HashMap<String, u64>,
     updated_at: i64,
@@ -163,6 +167,7 @@ impl Room {
                 peers: HashMap::new(),
                 next_peer: 1,
                 unflushed: Vec::new(),
+                unflushed_since: None,
                 persisted,
                 updated_at,
                 idle_since: Some(Instant::now()),
@@ -344,6 +349,7 @@ impl Room {
     fn record(&self, state: &mut State, author: Option<PeerId>, delta: Vec<u8>) {
         let message = frame(Message::Sync(SyncMessage::Update(delta.clone())));
         state.unflushed.push(delta);
+        state.unflushed_since.get_or_insert_with(Instant::now);
         state.updated_at = now_ms();
         broadcast(state, author, &message);
     }
@@ -356,6 +362,7 @@ impl Room {
             return None;
         }
         let updates = std::mem::take(&mut state.unflushed);
+        let pending_since = state.unflushed_since.take();
         let texts = file_texts(&state);
         let mut changed_files = Vec::new();
         for (path, text) in &texts {
@@ -379,6 +386,7 @@ impl Room {
             changed_files,
             removed_files,
             updated_at: state.updated_at,
+            pending_since,
         })
     }
 
@@ -387,6 +395,7 @@ impl Room {
         let mut state = self.lock();
         let newer = std::mem::replace(&mut state.unflushed, batch.updates);
         state.unflushed.extend(newer);
+        state.unflushed_since = batch.pending_since.or(state.unflushed_since);
         // Forget the digests so the next write includes these files again.
         for (path, _) in batch.changed_files {
             state.persisted.remove(&path);
@@ -398,6 +407,11 @@ impl Room {
 
     pub fn has_unflushed(&self) -> bool {
         !self.lock().unflushed.is_empty()
+    }
+
+    /// How long the oldest update not yet in the store has been waiting.
+    pub fn unflushed_for(&self) -> Option<std::time::Duration> {
+        self.lock().unflushed_since.map(|since| since.elapsed())
     }
 
     /// The whole document as one update, for compaction.

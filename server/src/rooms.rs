@@ -90,8 +90,15 @@ impl Rooms {
         &self.shared.metrics
     }
 
+    /// True while writes fail, or while some update has waited for the store much longer
+    /// than the flush interval (a write is hanging, or the flusher is backing off).
     pub fn degraded(&self) -> bool {
+        let patience = self.shared.persistence.flush_interval() * 2 + Duration::from_secs(1);
         self.shared.degraded.load(Ordering::Relaxed)
+            || self
+                .entries()
+                .values()
+                .any(|e| e.room.unflushed_for().is_some_and(|waited| waited > patience))
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
