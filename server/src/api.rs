@@ -79,9 +79,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(json!({"error": self.message}))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
         }
         response
     }
@@ -100,7 +101,10 @@ impl From<RoomsError> for ApiError {
             }
             RoomsError::Corrupt(e) => {
                 tracing::error!(error = %e, "room state is corrupt");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the room's stored state is corrupt")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the room's stored state is corrupt",
+                )
             }
         }
     }
@@ -114,11 +118,17 @@ struct TokenQuery {
 }
 
 fn parse_id(id: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(id).map_err(|_| ApiError::bad_request(format!("malformed room id {id:?}: expected a UUID")))
+    Uuid::parse_str(id)
+        .map_err(|_| ApiError::bad_request(format!("malformed room id {id:?}: expected a UUID")))
 }
 
 /// Finds the room and checks the caller's token against it.
-async fn authorize(rooms: &Rooms, id: &str, headers: &HeaderMap, query: &TokenQuery) -> ApiResult<RoomMeta> {
+async fn authorize(
+    rooms: &Rooms,
+    id: &str,
+    headers: &HeaderMap,
+    query: &TokenQuery,
+) -> ApiResult<RoomMeta> {
     let id = parse_id(id)?;
     let meta = rooms.meta(id).await?;
     let bearer = headers
@@ -132,7 +142,10 @@ async fn authorize(rooms: &Rooms, id: &str, headers: &HeaderMap, query: &TokenQu
         ));
     };
     if !auth::token_matches(token.trim(), &meta.token_hash) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "wrong token for this room"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wrong token for this room",
+        ));
     }
     Ok(meta)
 }
@@ -163,16 +176,22 @@ fn main_file_for(language: Option<&str>) -> &'static str {
     }
 }
 
-async fn create_room(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn create_room(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     let request: CreateRoom = if body.iter().all(u8::is_ascii_whitespace) {
         CreateRoom::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };
     let limits = app.rooms.limits();
     let mut files = Vec::new();
     for (path, text) in request.files.unwrap_or_default() {
-        let normal = paths::normalize(&path).map_err(|e| ApiError::bad_request(format!("file {path:?}: {e}")))?;
+        let normal = paths::normalize(&path)
+            .map_err(|e| ApiError::bad_request(format!("file {path:?}: {e}")))?;
         files.push((normal, text));
     }
     if let Some(code) = request.initial_code {
@@ -180,7 +199,9 @@ async fn create_room(State(app): State<AppState>, headers: HeaderMap, body: Byte
     }
     files.sort();
     if files.windows(2).any(|w| w[0].0 == w[1].0) {
-        return Err(ApiError::bad_request("two files have the same path after normalisation"));
+        return Err(ApiError::bad_request(
+            "two files have the same path after normalisation",
+        ));
     }
     if files.len() > limits.max_files {
         return Err(ApiError::new(
@@ -188,16 +209,25 @@ async fn create_room(State(app): State<AppState>, headers: HeaderMap, body: Byte
             format!("too many files: limit is {}", limits.max_files),
         ));
     }
-    if let Some((path, _)) = files.iter().find(|(_, text)| text.len() > limits.max_file_bytes) {
+    if let Some((path, _)) = files
+        .iter()
+        .find(|(_, text)| text.len() > limits.max_file_bytes)
+    {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("file {path:?} is larger than {} bytes", limits.max_file_bytes),
+            format!(
+                "file {path:?} is larger than {} bytes",
+                limits.max_file_bytes
+            ),
         ));
     }
     if files.iter().map(|(_, t)| t.len()).sum::<usize>() > limits.max_room_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the files add up to more than {} bytes", limits.max_room_bytes),
+            format!(
+                "the files add up to more than {} bytes",
+                limits.max_room_bytes
+            ),
         ));
     }
     let paths: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
@@ -238,9 +268,18 @@ async fn room_info(
 ) -> ApiResult<Json<serde_json::Value>> {
     let meta = authorize(&app.rooms, &id, &headers, &query).await?;
     let (files, peers, connections, updated_at) = match app.rooms.loaded(meta.id) {
-        Some(room) => (room.files(), room.presence(), room.peer_count(), room.updated_at()),
+        Some(room) => (
+            room.files(),
+            room.presence(),
+            room.peer_count(),
+            room.updated_at(),
+        ),
         None => (
-            app.rooms.store().files(meta.id).await.map_err(RoomsError::from)?,
+            app.rooms
+                .store()
+                .files(meta.id)
+                .await
+                .map_err(RoomsError::from)?,
             Vec::new(),
             0,
             meta.updated_at,
@@ -265,12 +304,23 @@ async fn file_text(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let meta = authorize(&app.rooms, &id, &headers, &query).await?;
-    let path = paths::normalize(&path).map_err(|e| ApiError::bad_request(format!("file path: {e}")))?;
+    let path =
+        paths::normalize(&path).map_err(|e| ApiError::bad_request(format!("file path: {e}")))?;
     let text = match app.rooms.loaded(meta.id) {
         Some(room) => room.file_text(&path),
-        None => app.rooms.store().file_text(meta.id, &path).await.map_err(RoomsError::from)?,
+        None => app
+            .rooms
+            .store()
+            .file_text(meta.id, &path)
+            .await
+            .map_err(RoomsError::from)?,
     };
-    let text = text.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no file {path:?} in this room")))?;
+    let text = text.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no file {path:?} in this room"),
+        )
+    })?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
@@ -292,9 +342,11 @@ async fn websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    let meta = authorize(&app.rooms, &id, &headers, &query).await.inspect_err(|_| {
-        crate::metrics::Metrics::inc(&app.rooms.metrics().connections_rejected);
-    })?;
+    let meta = authorize(&app.rooms, &id, &headers, &query)
+        .await
+        .inspect_err(|_| {
+            crate::metrics::Metrics::inc(&app.rooms.metrics().connections_rejected);
+        })?;
     let room = app.rooms.get(meta.id).await?;
     let rooms = app.rooms.clone();
     let shutdown = app.shutdown.clone();
@@ -319,15 +371,21 @@ struct AutocompleteRequest {
     language: String,
 }
 
-async fn autocomplete(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
-    let request: AutocompleteRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+async fn autocomplete(
+    State(app): State<AppState>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let request: AutocompleteRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let cursor = request.cursor_position.unwrap_or(usize::MAX);
     // Identifiers of the submitted code, as the prototypes offered them: one pass over it.
     let identifiers = IdentifierIndex::from_text(&request.code);
-    let suggestions = app
-        .autocomplete
-        .complete_in_text(&request.language, &request.code, cursor, Some(&identifiers));
+    let suggestions = app.autocomplete.complete_in_text(
+        &request.language,
+        &request.code,
+        cursor,
+        Some(&identifiers),
+    );
     Ok(Json(json!({"suggestions": suggestions})))
 }
 
@@ -352,9 +410,11 @@ async fn readyz(State(app): State<AppState>) -> Response {
 
 async fn metrics(State(app): State<AppState>) -> Response {
     let rooms = &app.rooms;
-    let text = rooms
-        .metrics()
-        .render(rooms.loaded_count(), rooms.unflushed_count(), rooms.degraded());
+    let text = rooms.metrics().render(
+        rooms.loaded_count(),
+        rooms.unflushed_count(),
+        rooms.degraded(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -27,34 +27,110 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric, plus the gauges passed in.
-    pub fn render(&self, rooms_loaded_now: usize, unflushed_rooms: usize, degraded: bool) -> String {
+    pub fn render(
+        &self,
+        rooms_loaded_now: usize,
+        unflushed_rooms: usize,
+        degraded: bool,
+    ) -> String {
         let counters: [(&str, &str, &AtomicU64); 13] = [
-            ("duet_connections_total", "WebSocket connections accepted", &self.connections_total),
-            ("duet_connections_open", "WebSocket connections open now", &self.connections_open),
-            ("duet_connections_rejected_total", "WebSocket upgrades refused", &self.connections_rejected),
-            ("duet_messages_received_total", "WebSocket messages received", &self.messages_received),
-            ("duet_bytes_received_total", "WebSocket payload bytes received", &self.bytes_received),
-            ("duet_peers_kicked_total", "connections closed for breaking a limit or being too slow", &self.peers_kicked),
-            ("duet_rooms_created_total", "rooms created", &self.rooms_created),
-            ("duet_rooms_loaded_total", "rooms loaded from the store", &self.rooms_loaded),
-            ("duet_rooms_unloaded_total", "idle rooms unloaded", &self.rooms_unloaded),
+            (
+                "duet_connections_total",
+                "WebSocket connections accepted",
+                &self.connections_total,
+            ),
+            (
+                "duet_connections_open",
+                "WebSocket connections open now",
+                &self.connections_open,
+            ),
+            (
+                "duet_connections_rejected_total",
+                "WebSocket upgrades refused",
+                &self.connections_rejected,
+            ),
+            (
+                "duet_messages_received_total",
+                "WebSocket messages received",
+                &self.messages_received,
+            ),
+            (
+                "duet_bytes_received_total",
+                "WebSocket payload bytes received",
+                &self.bytes_received,
+            ),
+            (
+                "duet_peers_kicked_total",
+                "connections closed for breaking a limit or being too slow",
+                &self.peers_kicked,
+            ),
+            (
+                "duet_rooms_created_total",
+                "rooms created",
+                &self.rooms_created,
+            ),
+            (
+                "duet_rooms_loaded_total",
+                "rooms loaded from the store",
+                &self.rooms_loaded,
+            ),
+            (
+                "duet_rooms_unloaded_total",
+                "idle rooms unloaded",
+                &self.rooms_unloaded,
+            ),
             ("duet_flushes_total", "group commits written", &self.flushes),
-            ("duet_flush_failures_total", "group commits that failed and will be retried", &self.flush_failures),
-            ("duet_updates_written_total", "CRDT updates written to the store", &self.updates_written),
-            ("duet_compactions_total", "room states compacted", &self.compactions),
+            (
+                "duet_flush_failures_total",
+                "group commits that failed and will be retried",
+                &self.flush_failures,
+            ),
+            (
+                "duet_updates_written_total",
+                "CRDT updates written to the store",
+                &self.updates_written,
+            ),
+            (
+                "duet_compactions_total",
+                "room states compacted",
+                &self.compactions,
+            ),
         ];
         let mut out = String::new();
         for (name, help, value) in counters {
-            let kind = if name.ends_with("_open") { "gauge" } else { "counter" };
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", value.load(Relaxed));
+            let kind = if name.ends_with("_open") {
+                "gauge"
+            } else {
+                "counter"
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Relaxed)
+            );
         }
         let gauges = [
-            ("duet_rooms_in_memory", "rooms held in memory", rooms_loaded_now as u64),
-            ("duet_rooms_unflushed", "rooms with updates not yet written", unflushed_rooms as u64),
-            ("duet_store_degraded", "1 while the database is unreachable", degraded as u64),
+            (
+                "duet_rooms_in_memory",
+                "rooms held in memory",
+                rooms_loaded_now as u64,
+            ),
+            (
+                "duet_rooms_unflushed",
+                "rooms with updates not yet written",
+                unflushed_rooms as u64,
+            ),
+            (
+                "duet_store_degraded",
+                "1 while the database is unreachable",
+                degraded as u64,
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         out
     }

@@ -90,7 +90,10 @@ mod tests {
         assert_eq!(normalize("./"), Err(PathError::Empty));
         assert_eq!(normalize("a\0b"), Err(PathError::ControlCharacter));
         assert_eq!(normalize("a\nb"), Err(PathError::ControlCharacter));
-        assert_eq!(normalize(&"a".repeat(MAX_PATH_BYTES + 1)), Err(PathError::TooLong));
+        assert_eq!(
+            normalize(&"a".repeat(MAX_PATH_BYTES + 1)),
+            Err(PathError::TooLong)
+        );
         assert!(normalize(&"a".repeat(MAX_PATH_BYTES)).is_ok());
     }
 

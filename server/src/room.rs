@@ -194,7 +194,9 @@ impl Room {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug in yrs or here; the state is still the
         // best copy we have, so keep serving it rather than poisoning the room forever.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds a peer. Returns its id and the frames that open the conversation: our state vector
@@ -244,7 +246,10 @@ impl Room {
         // y-websocket sends one message per frame. (yrs' `MessageReader` would take a truncated
         // frame for the end of the stream and silently ignore it.)
         let message = Message::decode_v1(data).map_err(|e| {
-            CloseReason::new(close::INVALID_DATA, format!("malformed y-protocol frame: {e}"))
+            CloseReason::new(
+                close::INVALID_DATA,
+                format!("malformed y-protocol frame: {e}"),
+            )
         })?;
         let mut state = self.lock();
         if !state.peers.contains_key(&peer) {
@@ -252,21 +257,34 @@ impl Room {
         }
         match message {
             Message::Sync(SyncMessage::SyncStep1(sv)) => {
-                let update = state.awareness.doc().transact().encode_state_as_update_v1(&sv);
+                let update = state
+                    .awareness
+                    .doc()
+                    .transact()
+                    .encode_state_as_update_v1(&sv);
                 Ok(Some(frame(Message::Sync(SyncMessage::SyncStep2(update)))))
             }
             Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
                 self.apply_update(&mut state, peer, &update).map(|()| None)
             }
             Message::Awareness(update) => apply_awareness(&mut state, peer, update).map(|()| None),
-            Message::AwarenessQuery => Ok(state.awareness.update().ok().map(|u| frame(Message::Awareness(u)))),
+            Message::AwarenessQuery => Ok(state
+                .awareness
+                .update()
+                .ok()
+                .map(|u| frame(Message::Awareness(u)))),
             // Auth is the server's to send; custom messages have no meaning here. Both are
             // ignored, as the reference server does, so newer clients keep working.
             Message::Auth(_) | Message::Custom(..) => Ok(None),
         }
     }
 
-    fn apply_update(&self, state: &mut State, peer: PeerId, bytes: &[u8]) -> Result<(), CloseReason> {
+    fn apply_update(
+        &self,
+        state: &mut State,
+        peer: PeerId,
+        bytes: &[u8],
+    ) -> Result<(), CloseReason> {
         let update = Update::decode_v1(bytes)
             .map_err(|e| CloseReason::new(close::INVALID_DATA, format!("malformed update: {e}")))?;
         // An update's encoding holds every inserted string verbatim, so its length bounds how
@@ -280,8 +298,9 @@ impl Room {
         }
         let delta = {
             let mut txn = state.awareness.doc().transact_mut();
-            txn.apply_update(update)
-                .map_err(|e| CloseReason::new(close::INVALID_DATA, format!("invalid update: {e}")))?;
+            txn.apply_update(update).map_err(|e| {
+                CloseReason::new(close::INVALID_DATA, format!("invalid update: {e}"))
+            })?;
             txn.has_changes().then(|| txn.encode_update_v1())
         };
         let Some(delta) = delta else { return Ok(()) };
@@ -302,7 +321,10 @@ impl Room {
             state.sizes = scan(state).0;
             return Err(CloseReason::new(
                 close::POLICY,
-                format!("invalid file entry {:?}: keys must be workspace-relative paths to texts", invalid[0]),
+                format!(
+                    "invalid file entry {:?}: keys must be workspace-relative paths to texts",
+                    invalid[0]
+                ),
             ));
         }
         Ok(())
@@ -313,13 +335,19 @@ impl Room {
         let scratch = Doc::new();
         let files = scratch.get_or_insert_map(FILES);
         {
-            let current = state.awareness.doc().transact().encode_state_as_update_v1(&StateVector::default());
+            let current = state
+                .awareness
+                .doc()
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default());
             let mut txn = scratch.transact_mut();
             for b in [current.as_slice(), bytes] {
-                let update = Update::decode_v1(b)
-                    .map_err(|e| CloseReason::new(close::INVALID_DATA, format!("malformed update: {e}")))?;
-                txn.apply_update(update)
-                    .map_err(|e| CloseReason::new(close::INVALID_DATA, format!("invalid update: {e}")))?;
+                let update = Update::decode_v1(b).map_err(|e| {
+                    CloseReason::new(close::INVALID_DATA, format!("malformed update: {e}"))
+                })?;
+                txn.apply_update(update).map_err(|e| {
+                    CloseReason::new(close::INVALID_DATA, format!("invalid update: {e}"))
+                })?;
             }
         }
         let (sizes, _) = scan_map(&scratch, &files);
@@ -533,17 +561,23 @@ fn remove_peer(state: &mut State, peer: PeerId) {
     }
 }
 
-fn apply_awareness(state: &mut State, peer: PeerId, update: AwarenessUpdate) -> Result<(), CloseReason> {
+fn apply_awareness(
+    state: &mut State,
+    peer: PeerId,
+    update: AwarenessUpdate,
+) -> Result<(), CloseReason> {
     let clients: Vec<(ClientID, bool)> = update
         .clients
         .iter()
         .map(|(id, entry)| (*id, &*entry.json != "null"))
         .collect();
     let message = frame(Message::Awareness(update.clone()));
-    state
-        .awareness
-        .apply_update(update)
-        .map_err(|e| CloseReason::new(close::INVALID_DATA, format!("invalid awareness update: {e}")))?;
+    state.awareness.apply_update(update).map_err(|e| {
+        CloseReason::new(
+            close::INVALID_DATA,
+            format!("invalid awareness update: {e}"),
+        )
+    })?;
     if let Some(p) = state.peers.get_mut(&peer) {
         for (id, present) in clients {
             if present {

@@ -64,7 +64,12 @@ pub struct NewRoom {
 }
 
 impl Rooms {
-    pub fn new(store: Store, limits: Limits, persistence: Persistence, metrics: Arc<Metrics>) -> Rooms {
+    pub fn new(
+        store: Store,
+        limits: Limits,
+        persistence: Persistence,
+        metrics: Arc<Metrics>,
+    ) -> Rooms {
         Rooms {
             shared: Arc::new(Shared {
                 store,
@@ -95,10 +100,11 @@ impl Rooms {
     pub fn degraded(&self) -> bool {
         let patience = self.shared.persistence.flush_interval() * 2 + Duration::from_secs(1);
         self.shared.degraded.load(Ordering::Relaxed)
-            || self
-                .entries()
-                .values()
-                .any(|e| e.room.unflushed_for().is_some_and(|waited| waited > patience))
+            || self.entries().values().any(|e| {
+                e.room
+                    .unflushed_for()
+                    .is_some_and(|waited| waited > patience)
+            })
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
@@ -114,7 +120,10 @@ impl Rooms {
     }
 
     pub fn unflushed_count(&self) -> usize {
-        self.entries().values().filter(|e| e.room.has_unflushed()).count()
+        self.entries()
+            .values()
+            .filter(|e| e.room.has_unflushed())
+            .count()
     }
 
     /// Creates a room in the store and returns it with its token (shown only now).
@@ -130,7 +139,10 @@ impl Rooms {
             updated_at: now,
         };
         let state = Room::initial_update(&new.files);
-        self.shared.store.create_room(&meta, &state, &new.files).await?;
+        self.shared
+            .store
+            .create_room(&meta, &state, &new.files)
+            .await?;
         Metrics::inc(&self.shared.metrics.rooms_created);
         Ok((meta, token))
     }
@@ -140,7 +152,11 @@ impl Rooms {
         if let Some(room) = self.loaded(id) {
             return Ok(room.meta.clone());
         }
-        self.shared.store.room_meta(id).await?.ok_or(RoomsError::NotFound)
+        self.shared
+            .store
+            .room_meta(id)
+            .await?
+            .ok_or(RoomsError::NotFound)
     }
 
     /// The room in memory, loading it from the store on first use.
@@ -152,7 +168,12 @@ impl Rooms {
         if let Some(room) = self.loaded(id) {
             return Ok(room);
         }
-        let stored = self.shared.store.load_room(id).await?.ok_or(RoomsError::NotFound)?;
+        let stored = self
+            .shared
+            .store
+            .load_room(id)
+            .await?
+            .ok_or(RoomsError::NotFound)?;
         let room = Room::load(
             stored.meta,
             self.shared.limits.clone(),
@@ -181,7 +202,9 @@ impl Rooms {
             return Err(RoomsError::NotFound);
         }
         if let Some(entry) = self.entries().remove(&id) {
-            entry.room.close(CloseReason::new(close::GOING_AWAY, "room deleted"));
+            entry
+                .room
+                .close(CloseReason::new(close::GOING_AWAY, "room deleted"));
         }
         tracing::info!(room = %id, "room deleted");
         Ok(())
@@ -253,7 +276,10 @@ impl Rooms {
         if since >= self.shared.persistence.compact_after {
             // The snapshot may include updates newer than `last`; they are stored again later
             // and applying an update twice is a no-op, so nothing is lost or doubled.
-            self.shared.store.compact(id, &room.snapshot(), last).await?;
+            self.shared
+                .store
+                .compact(id, &room.snapshot(), last)
+                .await?;
             Metrics::inc(&metrics.compactions);
             self.set_progress(id, last + 1, 0);
         }
@@ -273,12 +299,16 @@ impl Rooms {
         let mut entries = self.entries();
         let ids: Vec<Uuid> = entries
             .iter()
-            .filter(|(_, e)| e.room.idle_for().is_some_and(|d| d >= idle) && !e.room.has_unflushed())
+            .filter(|(_, e)| {
+                e.room.idle_for().is_some_and(|d| d >= idle) && !e.room.has_unflushed()
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
             if let Some(entry) = entries.remove(&id) {
-                entry.room.close(CloseReason::new(close::GOING_AWAY, "room unloaded"));
+                entry
+                    .room
+                    .close(CloseReason::new(close::GOING_AWAY, "room unloaded"));
                 Metrics::inc(&self.shared.metrics.rooms_unloaded);
                 tracing::info!(room = %id, "idle room unloaded");
             }

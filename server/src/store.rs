@@ -76,7 +76,9 @@ impl Store {
             .connect(&url)
             .await?;
         if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
         }
         match backend {
             Backend::Postgres => POSTGRES.run(&pool).await?,
@@ -140,10 +142,11 @@ impl Store {
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?;
-        let rows = sqlx::query("SELECT seq, data FROM room_updates WHERE room_id = $1 ORDER BY seq")
-            .bind(&key)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT seq, data FROM room_updates WHERE room_id = $1 ORDER BY seq")
+                .bind(&key)
+                .fetch_all(&self.pool)
+                .await?;
         let mut updates = Vec::with_capacity(rows.len());
         let mut last_seq = 0;
         for row in rows {
@@ -161,10 +164,11 @@ impl Store {
     }
 
     async fn file_texts(&self, id: Uuid) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT path, content FROM room_files WHERE room_id = $1 ORDER BY path")
-            .bind(id.to_string())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT path, content FROM room_files WHERE room_id = $1 ORDER BY path")
+                .bind(id.to_string())
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect()
@@ -172,10 +176,11 @@ impl Store {
 
     /// The stored plain-text copies: what the REST API shows for a room not in memory.
     pub async fn files(&self, id: Uuid) -> Result<Vec<FileInfo>, StoreError> {
-        let rows = sqlx::query("SELECT path, size FROM room_files WHERE room_id = $1 ORDER BY path")
-            .bind(id.to_string())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT path, size FROM room_files WHERE room_id = $1 ORDER BY path")
+                .bind(id.to_string())
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|row| {
                 let size: i64 = row.try_get(1)?;
@@ -198,7 +203,12 @@ impl Store {
 
     /// Appends a batch of updates (numbered from `first_seq`) and the changed file copies, in
     /// one transaction: one write per room per flush, never one per keystroke.
-    pub async fn append(&self, id: Uuid, first_seq: i64, batch: &FlushBatch) -> Result<(), StoreError> {
+    pub async fn append(
+        &self,
+        id: Uuid,
+        first_seq: i64,
+        batch: &FlushBatch,
+    ) -> Result<(), StoreError> {
         let key = id.to_string();
         let mut tx = self.pool.begin().await?;
         for (i, update) in batch.updates.iter().enumerate() {

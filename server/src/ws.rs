@@ -21,15 +21,25 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one accepted WebSocket until either side ends it.
-pub async fn serve(socket: WebSocket, room: Arc<Room>, rooms: Rooms, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    socket: WebSocket,
+    room: Arc<Room>,
+    rooms: Rooms,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let metrics = rooms.metrics();
     let limits = rooms.limits();
     Metrics::inc(&metrics.connections_total);
-    metrics.connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .connections_open
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (frames_tx, mut frames) = mpsc::channel(limits.send_queue.max(1));
     let (kick_tx, kick_rx) = oneshot::channel();
     let (sink, mut stream) = socket.split();
-    let mut conn = Conn { sink, kick: kick_rx };
+    let mut conn = Conn {
+        sink,
+        kick: kick_rx,
+    };
     let room_id = room.meta.id;
 
     let joined = room.join(PeerLink {
@@ -42,7 +52,9 @@ pub async fn serve(socket: WebSocket, room: Arc<Room>, rooms: Rooms, mut shutdow
             tracing::info!(room = %room_id, reason = %reason.reason, "connection refused");
             Metrics::inc(&metrics.connections_rejected);
             let _ = conn.sink.send(close_message(reason)).await;
-            metrics.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .connections_open
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
     };
@@ -110,7 +122,9 @@ pub async fn serve(socket: WebSocket, room: Arc<Room>, rooms: Rooms, mut shutdow
         // A peer that stopped reading may never take the close frame: do not wait for it long.
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.sink.send(close_message(reason))).await;
     }
-    metrics.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .connections_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(room = %room_id, peer, "peer left");
 }
 
@@ -194,7 +208,8 @@ mod tests {
 
     #[test]
     fn close_reasons_are_cut_to_fit_a_control_frame() {
-        let Message::Close(Some(frame)) = close_message(CloseReason::new(1008, "é".repeat(100))) else {
+        let Message::Close(Some(frame)) = close_message(CloseReason::new(1008, "é".repeat(100)))
+        else {
             panic!("not a close frame");
         };
         assert!(frame.reason.len() <= 123);

@@ -48,7 +48,9 @@ impl NodeClient {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
+                let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
                 match value.get("id").and_then(Value::as_u64) {
                     Some(id) => {
                         if let Some(waiter) = routes.lock().expect("waiters").remove(&id) {
@@ -78,7 +80,10 @@ impl NodeClient {
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().expect("waiters").insert(id, tx);
         let line = format!("{command}\n");
-        self.stdin.write_all(line.as_bytes()).await.expect("write to node client");
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to node client");
         self.stdin.flush().await.expect("flush");
         tokio::time::timeout(Duration::from_secs(30), rx)
             .await
@@ -94,7 +99,8 @@ impl NodeClient {
     }
 
     pub async fn connect(&mut self, base: &str, room: &crate::server::RoomRef) -> Value {
-        self.ok(json!({"cmd": "connect", "url": base, "room": room.id, "token": room.token})).await
+        self.ok(json!({"cmd": "connect", "url": base, "room": room.id, "token": room.token}))
+            .await
     }
 
     pub async fn text(&mut self, file: &str) -> String {

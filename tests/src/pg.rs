@@ -19,10 +19,17 @@ fn pg_bin() -> PathBuf {
         return PathBuf::from(dir);
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     found.sort();
-    found.pop().expect("PostgreSQL is not installed (tests/run installs it)")
+    found
+        .pop()
+        .expect("PostgreSQL is not installed (tests/run installs it)")
 }
 
 fn is_root() -> bool {
@@ -41,10 +48,28 @@ impl Cluster {
             bin: pg_bin(),
         };
         if is_root() {
-            let ok = Command::new("chown").arg("-R").arg("postgres").arg(&cluster.dir.0).status();
-            assert!(ok.is_ok_and(|s| s.success()), "chown the cluster dir to postgres");
+            let ok = Command::new("chown")
+                .arg("-R")
+                .arg("postgres")
+                .arg(&cluster.dir.0)
+                .status();
+            assert!(
+                ok.is_ok_and(|s| s.success()),
+                "chown the cluster dir to postgres"
+            );
         }
-        cluster.run("initdb", &["-D", &cluster.data(), "-A", "trust", "-U", "postgres", "--no-sync"]);
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &cluster.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
         cluster.up();
         cluster
     }
@@ -65,7 +90,11 @@ impl Cluster {
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
-        let output = self.command(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+        let output = self
+            .command(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
         assert!(
             output.status.success(),
             "{tool} failed: {}{}",
@@ -86,17 +115,35 @@ impl Cluster {
             self.dir.0.display()
         );
         let log = self.dir.0.join("pg.log").display().to_string();
-        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &options, "-w", "start"]);
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
     }
 
     /// Stops the cluster at once, as a crash or a network cut would look to the server.
     pub fn down(&self) {
-        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.command("pg_ctl").args(["-D", &self.data(), "-m", "immediate", "stop"]).output();
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
     }
 }

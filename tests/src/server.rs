@@ -88,7 +88,10 @@ impl Server {
             port: free_port(),
             database_url: db.url.clone(),
             args: args.iter().map(|s| s.to_string()).collect(),
-            log: db.dir.0.join(format!("server-{}.log", uuid::Uuid::new_v4())),
+            log: db
+                .dir
+                .0
+                .join(format!("server-{}.log", uuid::Uuid::new_v4())),
             http: reqwest::Client::new(),
         };
         server.spawn().await;
@@ -115,10 +118,20 @@ impl Server {
         self.child = Some(child);
         let url = self.url("/healthz");
         let http = self.http.clone();
-        eventually(Duration::from_secs(20), "duet-server to answer /healthz", || {
-            let (url, http) = (url.clone(), http.clone());
-            async move { http.get(url).send().await.ok().filter(|r| r.status().is_success()) }
-        })
+        eventually(
+            Duration::from_secs(20),
+            "duet-server to answer /healthz",
+            || {
+                let (url, http) = (url.clone(), http.clone());
+                async move {
+                    http.get(url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                }
+            },
+        )
         .await;
     }
 
@@ -144,7 +157,13 @@ impl Server {
     }
 
     pub async fn create_room(&self, body: Value) -> RoomRef {
-        let response = self.http.post(self.url("/rooms")).json(&body).send().await.expect("POST /rooms");
+        let response = self
+            .http
+            .post(self.url("/rooms"))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /rooms");
         assert_eq!(response.status(), 201, "POST /rooms");
         let v: Value = response.json().await.expect("json");
         RoomRef {
@@ -154,8 +173,10 @@ impl Server {
     }
 
     pub async fn create_room_with(&self, files: &[(&str, &str)]) -> RoomRef {
-        let files: serde_json::Map<String, Value> =
-            files.iter().map(|(p, t)| (p.to_string(), json!(t))).collect();
+        let files: serde_json::Map<String, Value> = files
+            .iter()
+            .map(|(p, t)| (p.to_string(), json!(t)))
+            .collect();
         self.create_room(json!({ "files": files })).await
     }
 
@@ -197,9 +218,16 @@ impl Server {
 
     /// SIGTERM, then waits for a clean exit; returns whether it exited successfully.
     pub async fn terminate(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join");
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join");
         status.map(|s| s.success()).unwrap_or(false)
     }
 

@@ -11,7 +11,10 @@ use tokio_tungstenite::tungstenite::protocol::Message as WsMessage;
 use yrs::sync::{Awareness, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, GetString, Map, MapRef, OffsetKind, Options, Out, ReadTxn, Text, TextPrelim, Transact, Update};
+use yrs::{
+    Doc, GetString, Map, MapRef, OffsetKind, Options, Out, ReadTxn, Text, TextPrelim, Transact,
+    Update,
+};
 
 pub type Close = (u16, String);
 
@@ -41,10 +44,14 @@ pub enum ConnectError {
 impl YClient {
     /// Connects and starts syncing (sync step 1). See [`YClient::wait_synced`].
     pub async fn connect(url: &str) -> Result<YClient, ConnectError> {
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(response) => ConnectError::Http(response.status().as_u16()),
-            other => ConnectError::Other(other.to_string()),
-        })?;
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(response) => {
+                    ConnectError::Http(response.status().as_u16())
+                }
+                other => ConnectError::Other(other.to_string()),
+            })?;
         let doc = Doc::with_options(Options {
             offset_kind: OffsetKind::Utf16,
             ..Options::default()
@@ -212,7 +219,8 @@ impl YClient {
         let what = format!("{file} to read the expected {} bytes", expected.len());
         let expected_len = expected.encode_utf16().count() as u32;
         crate::eventually(timeout, &what, || async {
-            (self.len(file) == Some(expected_len) && self.text(file).as_deref() == Some(expected)).then_some(())
+            (self.len(file) == Some(expected_len) && self.text(file).as_deref() == Some(expected))
+                .then_some(())
         })
         .await
     }

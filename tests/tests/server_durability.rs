@@ -19,7 +19,15 @@ on_both_backends! {
 }
 
 async fn metric(server: &Server, name: &str) -> u64 {
-    let text = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
@@ -48,7 +56,10 @@ async fn graceful_restart_closes_cleanly_and_keeps_everything(backend: Backend) 
     assert!(log.contains("all rooms flushed"), "{log}");
 
     server.restart().await;
-    assert_eq!(server.file(&room, "main.py").await.as_deref(), Some(typed.as_str()));
+    assert_eq!(
+        server.file(&room, "main.py").await.as_deref(),
+        Some(typed.as_str())
+    );
     let again = YClient::join(&server.ws_url(&room)).await;
     assert_eq!(again.text("main.py").as_deref(), Some(typed.as_str()));
 }
@@ -68,15 +79,20 @@ async fn kill_9_keeps_what_was_flushed_and_clients_resync_the_rest(backend: Back
     drop(early);
     server.kill9();
     server.restart().await;
-    assert_eq!(server.file(&room, "a.txt").await.as_deref(), Some("start\nflushed line\n"));
+    assert_eq!(
+        server.file(&room, "a.txt").await.as_deref(),
+        Some("start\nflushed line\n")
+    );
 
     // Not flushed before the crash: the stock provider reconnects by itself and re-syncs it,
     // together with what it typed while the server was down.
     let mut ann = NodeClient::spawn();
     ann.connect(&server.ws_base(), &room).await;
-    ann.ok(json!({"cmd": "insert", "file": "a.txt", "text": "typed just before the crash\n"})).await;
+    ann.ok(json!({"cmd": "insert", "file": "a.txt", "text": "typed just before the crash\n"}))
+        .await;
     server.kill9();
-    ann.ok(json!({"cmd": "insert", "file": "a.txt", "text": "typed while it was down\n"})).await;
+    ann.ok(json!({"cmd": "insert", "file": "a.txt", "text": "typed while it was down\n"}))
+        .await;
     server.restart().await;
     let expected = "start\nflushed line\ntyped just before the crash\ntyped while it was down\n";
     duet_e2e::eventually(20 * SECOND, "the reconnected client to re-sync", || async {
@@ -96,7 +112,14 @@ async fn kill_9_keeps_what_was_flushed_and_clients_resync_the_rest(backend: Back
 
 async fn idle_rooms_unload_and_compacted_rooms_reload(backend: Backend) {
     let db = Database::new(backend);
-    let args = ["--idle-unload-secs", "1", "--compact-after", "10", "--flush-interval-ms", "50"];
+    let args = [
+        "--idle-unload-secs",
+        "1",
+        "--compact-after",
+        "10",
+        "--flush-interval-ms",
+        "50",
+    ];
     let mut server = Server::start(&db, &args).await;
     let room = server.create_room(json!({})).await;
     let client = YClient::join(&server.ws_url(&room)).await;
@@ -113,9 +136,15 @@ async fn idle_rooms_unload_and_compacted_rooms_reload(backend: Backend) {
         (metric(&server, "duet_rooms_unloaded_total").await == 1).then_some(())
     })
     .await;
-    assert!(metric(&server, "duet_compactions_total").await >= 1, "60 updates with --compact-after 10");
+    assert!(
+        metric(&server, "duet_compactions_total").await >= 1,
+        "60 updates with --compact-after 10"
+    );
     // Served from the store while unloaded, and whole again when someone joins.
-    assert_eq!(server.file(&room, "log.txt").await.as_deref(), Some(typed.as_str()));
+    assert_eq!(
+        server.file(&room, "log.txt").await.as_deref(),
+        Some(typed.as_str())
+    );
     let again = YClient::join(&server.ws_url(&room)).await;
     assert_eq!(again.text("log.txt").as_deref(), Some(typed.as_str()));
     assert_eq!(metric(&server, "duet_rooms_loaded_total").await, 2);
@@ -134,7 +163,11 @@ async fn readyz(server: &Server) -> (u16, Value) {
 
 /// Types while the store is away; edits keep flowing between peers, `/readyz` says degraded,
 /// and when the store is back everything is written.
-async fn edits_flow_through_an_outage(server: &mut Server, stop: impl FnOnce(), start: impl FnOnce()) {
+async fn edits_flow_through_an_outage(
+    server: &mut Server,
+    stop: impl FnOnce(),
+    start: impl FnOnce(),
+) {
     let room = server.create_room_with(&[("a.txt", "")]).await;
     let ann = YClient::join(&server.ws_url(&room)).await;
     let bob = YClient::join(&server.ws_url(&room)).await;
@@ -149,22 +182,37 @@ async fn edits_flow_through_an_outage(server: &mut Server, stop: impl FnOnce(), 
         .chain((0..20).map(|i| format!("during {i}\n")))
         .collect();
     bob.wait_text("a.txt", &expected, 5 * SECOND).await;
-    let (status, body) = duet_e2e::eventually(20 * SECOND, "/readyz to report degraded", || async {
-        let (status, body) = readyz(server).await;
-        (status == 503).then_some((status, body))
-    })
-    .await;
-    assert_eq!((status, body["status"].as_str()), (503, Some("degraded")), "{body}");
+    let (status, body) =
+        duet_e2e::eventually(20 * SECOND, "/readyz to report degraded", || async {
+            let (status, body) = readyz(server).await;
+            (status == 503).then_some((status, body))
+        })
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (503, Some("degraded")),
+        "{body}"
+    );
     // Rooms that are loaded keep answering from memory.
-    assert_eq!(server.file(&room, "a.txt").await.as_deref(), Some(expected.as_str()));
+    assert_eq!(
+        server.file(&room, "a.txt").await.as_deref(),
+        Some(expected.as_str())
+    );
 
     start();
-    duet_e2e::eventually(30 * SECOND, "/readyz to recover", || async { (readyz(server).await.0 == 200).then_some(()) })
-        .await;
+    duet_e2e::eventually(30 * SECOND, "/readyz to recover", || async {
+        (readyz(server).await.0 == 200).then_some(())
+    })
+    .await;
     drop((ann, bob));
     server.kill9();
     server.restart().await;
-    assert_eq!(server.file(&room, "a.txt").await.as_deref(), Some(expected.as_str()), "{}", server.log());
+    assert_eq!(
+        server.file(&room, "a.txt").await.as_deref(),
+        Some(expected.as_str()),
+        "{}",
+        server.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +222,13 @@ async fn postgres_outage_loses_nothing() {
     let mut server = Server::start(&db, &["--flush-interval-ms", "100"]).await;
     // New rooms cannot be created without the database, and say so.
     cluster.down();
-    let response = server.http.post(server.url("/rooms")).json(&json!({})).send().await.unwrap();
+    let response = server
+        .http
+        .post(server.url("/rooms"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 503);
     cluster.up();
     edits_flow_through_an_outage(&mut server, || cluster.down(), || cluster.up()).await;
@@ -205,7 +259,9 @@ async fn sqlite_outage_loses_nothing() {
         let mut child = child;
         let mut line = String::new();
         use std::io::BufRead;
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), "locked");
         *locker.lock().unwrap() = Some(child);
     };

@@ -26,7 +26,10 @@ async fn bystander_is_undisturbed(server: &Server, room: &RoomRef, witness: &YCl
     let writer = YClient::join(&server.ws_url(room)).await;
     writer.append("ok.txt", "still fine");
     witness.wait_text("ok.txt", "still fine", 5 * SECOND).await;
-    assert_eq!(server.file(room, "ok.txt").await.as_deref(), Some("still fine"));
+    assert_eq!(
+        server.file(room, "ok.txt").await.as_deref(),
+        Some("still fine")
+    );
 }
 
 async fn a_full_room_refuses_one_more_peer(backend: Backend) {
@@ -55,15 +58,29 @@ async fn oversized_messages_close_only_their_sender(backend: Backend) {
         big.append("big.txt", &"x".repeat(size));
         let (code, reason) = big.wait_closed(5 * SECOND).await;
         assert_eq!(code, 1009, "{size} bytes: {reason}");
-        assert!(reason.contains("1000"), "the reason names the limit: {reason}");
+        assert!(
+            reason.contains("1000"),
+            "the reason names the limit: {reason}"
+        );
     }
-    assert_eq!(witness.text("big.txt"), None, "nothing of the refused messages got through");
+    assert_eq!(
+        witness.text("big.txt"),
+        None,
+        "nothing of the refused messages got through"
+    );
     bystander_is_undisturbed(&server, &room, &witness).await;
 }
 
 async fn file_room_and_file_count_limits_hold(backend: Backend) {
     let db = Database::new(backend);
-    let args = ["--max-file-bytes", "100", "--max-room-bytes", "150", "--max-files", "3"];
+    let args = [
+        "--max-file-bytes",
+        "100",
+        "--max-room-bytes",
+        "150",
+        "--max-files",
+        "3",
+    ];
     let server = Server::start(&db, &args).await;
     let room = server.create_room_with(&[("a.txt", "")]).await;
     let witness = YClient::join(&server.ws_url(&room)).await;
@@ -73,16 +90,26 @@ async fn file_room_and_file_count_limits_hold(backend: Backend) {
     for _ in 0..100 {
         typist.append("a.txt", "a");
     }
-    witness.wait_text("a.txt", &"a".repeat(100), 5 * SECOND).await;
+    witness
+        .wait_text("a.txt", &"a".repeat(100), 5 * SECOND)
+        .await;
     typist.append("a.txt", "a");
     let (code, reason) = typist.wait_closed(5 * SECOND).await;
-    assert_eq!((code, reason.contains("file too large")), (1009, true), "{reason}");
+    assert_eq!(
+        (code, reason.contains("file too large")),
+        (1009, true),
+        "{reason}"
+    );
 
     // The room as a whole: 100 + 60 > 150.
     let second = YClient::join(&server.ws_url(&room)).await;
     second.append("b.txt", &"b".repeat(60));
     let (code, reason) = second.wait_closed(5 * SECOND).await;
-    assert_eq!((code, reason.contains("room too large")), (1009, true), "{reason}");
+    assert_eq!(
+        (code, reason.contains("room too large")),
+        (1009, true),
+        "{reason}"
+    );
 
     // The number of files: a.txt plus two more is the limit.
     let third = YClient::join(&server.ws_url(&room)).await;
@@ -91,7 +118,11 @@ async fn file_room_and_file_count_limits_hold(backend: Backend) {
     witness.wait_text("d.txt", "d", 5 * SECOND).await;
     third.append("e.txt", "e");
     let (code, reason) = third.wait_closed(5 * SECOND).await;
-    assert_eq!((code, reason.contains("too many files")), (1009, true), "{reason}");
+    assert_eq!(
+        (code, reason.contains("too many files")),
+        (1009, true),
+        "{reason}"
+    );
 
     assert_eq!(server.file(&room, "a.txt").await.unwrap().len(), 100);
     assert_eq!(server.file(&room, "b.txt").await, None);
@@ -110,7 +141,10 @@ async fn flooding_closes_only_the_flooder(backend: Backend) {
     }
     let (code, reason) = flooder.wait_closed(5 * SECOND).await;
     assert_eq!(code, 1008);
-    assert!(reason.contains("rate limit") && reason.contains("20"), "{reason}");
+    assert!(
+        reason.contains("rate limit") && reason.contains("20"),
+        "{reason}"
+    );
     // What was accepted before the limit is everyone's; the rest never arrived.
     let accepted = duet_e2e::eventually(5 * SECOND, "the accepted burst to arrive", || async {
         let len = witness.text("flood.txt").unwrap_or_default().len();
@@ -119,7 +153,11 @@ async fn flooding_closes_only_the_flooder(backend: Backend) {
     .await;
     assert!(accepted < 200, "{accepted} of 200 messages accepted");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(witness.text("flood.txt").unwrap().len(), accepted, "more arrived after the close");
+    assert_eq!(
+        witness.text("flood.txt").unwrap().len(),
+        accepted,
+        "more arrived after the close"
+    );
     bystander_is_undisturbed(&server, &room, &witness).await;
 }
 
@@ -141,7 +179,10 @@ async fn garbage_frames_close_only_their_sender(backend: Backend) {
         assert_eq!(code, 1007, "{frame:?}: {reason}");
         assert!(!reason.is_empty());
     }
-    assert_eq!(server.file(&room, "a.txt").await.as_deref(), Some("keep me"));
+    assert_eq!(
+        server.file(&room, "a.txt").await.as_deref(),
+        Some("keep me")
+    );
     bystander_is_undisturbed(&server, &room, &witness).await;
 }
 
@@ -166,13 +207,26 @@ async fn invalid_file_entries_are_removed(backend: Backend) {
 
 async fn a_peer_that_stops_reading_is_disconnected(backend: Backend) {
     let db = Database::new(backend);
-    let server = Server::start(&db, &[
-        "--send-queue", "32", "--max-messages-per-second", "1000", "--max-file-bytes", "100000000", "--max-room-bytes", "100000000",
-    ]).await;
+    let server = Server::start(
+        &db,
+        &[
+            "--send-queue",
+            "32",
+            "--max-messages-per-second",
+            "1000",
+            "--max-file-bytes",
+            "100000000",
+            "--max-room-bytes",
+            "100000000",
+        ],
+    )
+    .await;
     let room = server.create_room(serde_json::json!({})).await;
     let witness = YClient::join(&server.ws_url(&room)).await;
     // A raw socket that joins and then never reads a byte.
-    let (stalled, _) = tokio_tungstenite::connect_async(server.ws_url(&room)).await.unwrap();
+    let (stalled, _) = tokio_tungstenite::connect_async(server.ws_url(&room))
+        .await
+        .unwrap();
     let writer = YClient::join(&server.ws_url(&room)).await;
     let chunk = "y".repeat(64 * 1024);
     let mut sent = 0;
@@ -189,7 +243,15 @@ async fn a_peer_that_stops_reading_is_disconnected(backend: Backend) {
     witness.wait_text("big.txt", &expected, 20 * SECOND).await;
     assert_eq!(writer.closed(), None);
     assert_eq!(witness.closed(), None);
-    let metrics = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("duet_peers_kicked_total 1\n"), "{metrics}");
     drop(stalled);
 }

@@ -26,10 +26,15 @@ async fn reference_clients_typing_concurrently_converge(backend: Backend) {
     // Both type at once, one code point per update, each at a cursor that moves with the other's
     // edits: ann at the start of the file, bob at its end.
     let pieces = ["héllo 🎉 世界\nnext line\n", "こんにちは 👩‍💻 wörld\r\n"];
-    let typing_a = ann.call(json!({"cmd": "type", "file": "main.py", "text": pieces[0], "delayMs": 3, "at": 0}));
-    let typing_b = bob.call(json!({"cmd": "type", "file": "main.py", "text": pieces[1], "delayMs": 3, "at": 9}));
+    let typing_a = ann
+        .call(json!({"cmd": "type", "file": "main.py", "text": pieces[0], "delayMs": 3, "at": 0}));
+    let typing_b = bob
+        .call(json!({"cmd": "type", "file": "main.py", "text": pieces[1], "delayMs": 3, "at": 9}));
     let (a, b) = tokio::join!(typing_a, typing_b);
-    assert_eq!((a["ok"].clone(), b["ok"].clone()), (json!(true), json!(true)));
+    assert_eq!(
+        (a["ok"].clone(), b["ok"].clone()),
+        (json!(true), json!(true))
+    );
 
     let expected_len = "# shared\n".len() + pieces[0].len() + pieces[1].len();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -38,13 +43,19 @@ async fn reference_clients_typing_concurrently_converge(backend: Backend) {
         if a == b && a.len() == expected_len {
             break a;
         }
-        assert!(tokio::time::Instant::now() < deadline, "replicas differ: {a:?} / {b:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replicas differ: {a:?} / {b:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     // Every typed character is there, in each author's order, around the original line.
     assert_eq!(text, format!("{}# shared\n{}", pieces[0], pieces[1]));
     // The server's copy is the same text, and so is a client that joins afterwards.
-    assert_eq!(server.file(&room, "main.py").await.as_deref(), Some(text.as_str()));
+    assert_eq!(
+        server.file(&room, "main.py").await.as_deref(),
+        Some(text.as_str())
+    );
     let late = YClient::join(&server.ws_url(&room)).await;
     assert_eq!(late.text("main.py").as_deref(), Some(text.as_str()));
 
@@ -61,7 +72,8 @@ async fn presence_shows_who_is_here_and_who_left(backend: Backend) {
     let mut ann = NodeClient::spawn();
     ann.connect(&server.ws_base(), &room).await;
     let ann_state = json!({"user": {"name": "ann", "color": "#e06c75"}, "cursor": {"file": "a.txt", "anchor": 1, "head": 3}});
-    ann.ok(json!({"cmd": "awareness", "state": ann_state})).await;
+    ann.ok(json!({"cmd": "awareness", "state": ann_state}))
+        .await;
 
     // A Rust peer sees ann; ann sees it once it announces itself.
     let bob = YClient::join(&server.ws_url(&room)).await;
@@ -70,21 +82,33 @@ async fn presence_shows_who_is_here_and_who_left(backend: Backend) {
     })
     .await;
     bob.set_presence(json!({"user": {"name": "bob", "color": "#61afef"}}));
-    let reply = ann.ok(json!({"cmd": "waitPeers", "count": 1, "timeoutMs": 5000})).await;
+    let reply = ann
+        .ok(json!({"cmd": "waitPeers", "count": 1, "timeoutMs": 5000}))
+        .await;
     assert_eq!(reply["peers"][0]["state"]["user"]["name"], "bob");
 
     // The REST API shows both, with their presence.
     let info = server.room_info(&room).await;
     assert_eq!(info["peer_count"], 2, "{info}");
-    let names: Vec<&str> = info["peers"].as_array().unwrap().iter().filter_map(|p| p["state"]["user"]["name"].as_str()).collect();
+    let names: Vec<&str> = info["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["state"]["user"]["name"].as_str())
+        .collect();
     assert!(names.contains(&"ann") && names.contains(&"bob"), "{info}");
 
     // Bob leaves without saying goodbye: everyone sees him go.
     drop(bob);
-    ann.ok(json!({"cmd": "waitPeers", "count": 0, "timeoutMs": 5000})).await;
-    duet_e2e::eventually(Duration::from_secs(5), "the room to show one peer", || async {
-        let info = server.room_info(&room).await;
-        (info["peer_count"] == 1 && info["peers"].as_array().unwrap().len() == 1).then_some(())
-    })
+    ann.ok(json!({"cmd": "waitPeers", "count": 0, "timeoutMs": 5000}))
+        .await;
+    duet_e2e::eventually(
+        Duration::from_secs(5),
+        "the room to show one peer",
+        || async {
+            let info = server.room_info(&room).await;
+            (info["peer_count"] == 1 && info["peers"].as_array().unwrap().len() == 1).then_some(())
+        },
+    )
     .await;
 }
