@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::auth;
@@ -33,9 +33,6 @@ pub struct AppState {
     pub rooms: Rooms,
     pub autocomplete: Arc<Engine>,
     pub shutdown: watch::Receiver<bool>,
-    /// Held by every WebSocket task; `main` waits until all are dropped (their close frames
-    /// sent) before it exits, since upgraded connections outlive axum's graceful shutdown.
-    pub connections: mpsc::Sender<()>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -350,17 +347,13 @@ async fn websocket(
     let room = app.rooms.get(meta.id).await?;
     let rooms = app.rooms.clone();
     let shutdown = app.shutdown.clone();
-    let alive = app.connections.clone();
     let max = rooms.limits().max_message_bytes;
     // Frames up to twice the limit are read so that the connection can be closed with a clear
     // reason; anything larger is cut off by the WebSocket layer itself.
     Ok(upgrade
         .max_message_size(max.saturating_mul(2))
         .max_frame_size(max.saturating_mul(2))
-        .on_upgrade(move |socket| async move {
-            ws::serve(socket, room, rooms, shutdown).await;
-            drop(alive);
-        }))
+        .on_upgrade(move |socket| ws::serve(socket, room, rooms, shutdown)))
 }
 
 #[derive(Deserialize)]

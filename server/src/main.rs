@@ -1,7 +1,9 @@
 //! `duet-server`: parses the flags, opens the store, serves until SIGTERM or Ctrl-C, then
 //! closes every socket with a close frame and flushes every room.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -11,7 +13,7 @@ use duet_server::config::{Config, LogFormat};
 use duet_server::metrics::Metrics;
 use duet_server::rooms::Rooms;
 use duet_server::store::Store;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -32,12 +34,10 @@ async fn main() -> anyhow::Result<()> {
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let flusher = tokio::spawn(rooms.clone().run_flusher(shutdown_rx.clone()));
-    let (connections, mut all_closed) = mpsc::channel(1);
     let app = api::router(AppState {
-        rooms,
+        rooms: rooms.clone(),
         autocomplete: Arc::new(Engine::builtin()),
         shutdown: shutdown_rx.clone(),
-        connections,
     });
 
     let listener = tokio::net::TcpListener::bind(config.bind)
@@ -47,6 +47,15 @@ async fn main() -> anyhow::Result<()> {
     let mut wait = shutdown_rx.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = wait.changed().await;
+        // Every WebSocket has been told to close. Upgraded connections are not tracked by
+        // axum, so wait here for their closing handshakes: otherwise the process could exit
+        // before their close frames (with the reason) are sent.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while rooms.metrics().connections_open.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     });
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -55,8 +64,6 @@ async fn main() -> anyhow::Result<()> {
     });
     server.await?;
     flusher.await?;
-    // Every WebSocket task has been told to close; let them send their close frames.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all_closed.recv()).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -51,7 +51,7 @@ pub async fn serve(
         Err(reason) => {
             tracing::info!(room = %room_id, reason = %reason.reason, "connection refused");
             Metrics::inc(&metrics.connections_rejected);
-            let _ = conn.sink.send(close_message(reason)).await;
+            close_handshake(&mut conn.sink, &mut stream, reason).await;
             metrics
                 .connections_open
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -70,9 +70,10 @@ pub async fn serve(
             tokio::select! {
                 frame = frames.recv() => match frame {
                     Some(frame) => conn.send(Message::Binary(frame)).await?,
-                    None => return Ok(()),
+                    // The room let go of us: it has said why on the kick channel.
+                    None => return Err(kicked(conn.kick.try_recv().ok())),
                 },
-                reason = &mut conn.kick => return Err(kicked(reason)),
+                reason = &mut conn.kick => return Err(kicked(reason.ok())),
                 _ = shutdown.changed() => {
                     return Err(CloseReason::new(close::GOING_AWAY, "server shutting down"));
                 }
@@ -119,13 +120,33 @@ pub async fn serve(
             Metrics::inc(&metrics.peers_kicked);
             tracing::info!(room = %room_id, peer, code = reason.code, reason = %reason.reason, "connection closed");
         }
-        // A peer that stopped reading may never take the close frame: do not wait for it long.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.sink.send(close_message(reason))).await;
+        close_handshake(&mut conn.sink, &mut stream, reason).await;
     }
     metrics
         .connections_open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(room = %room_id, peer, "peer left");
+}
+
+/// The closing handshake: sends our close frame, then reads until the peer's answer, so that
+/// no unread bytes are left when the socket closes (they would turn the FIN into a reset, and
+/// the peer could lose our close frame and its reason). A peer that stopped reading may never
+/// take part: do not wait for it long.
+async fn close_handshake(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    reason: CloseReason,
+) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if sink.send(close_message(reason)).await.is_ok() {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// The sending half of a connection, and the room's way of telling it to go.
@@ -143,13 +164,13 @@ impl Conn {
                 Ok(Ok(())) => Ok(()),
                 _ => Err(CloseReason::new(close::GOING_AWAY, "peer unreachable")),
             },
-            reason = &mut self.kick => Err(kicked(reason)),
+            reason = &mut self.kick => Err(kicked(reason.ok())),
         }
     }
 }
 
-fn kicked(reason: Result<CloseReason, oneshot::error::RecvError>) -> CloseReason {
-    reason.unwrap_or_else(|_| CloseReason::new(close::GOING_AWAY, "disconnected"))
+fn kicked(reason: Option<CloseReason>) -> CloseReason {
+    reason.unwrap_or_else(|| CloseReason::new(close::GOING_AWAY, "disconnected"))
 }
 
 pub fn close_message(reason: CloseReason) -> Message {

@@ -86,7 +86,10 @@ impl YClient {
                         return;
                     }
                     Ok(_) => {}
-                    Err(_) => break,
+                    Err(e) => {
+                        let _ = closed_tx.send(Some((1006, format!("connection lost: {e}"))));
+                        return;
+                    }
                 }
             }
             let _ = closed_tx.send(Some((1006, "connection lost".into())));

@@ -51,7 +51,12 @@ async fn graceful_restart_closes_cleanly_and_keeps_everything(backend: Backend) 
     // Whatever is still buffered is written on SIGTERM, and the socket gets a close frame.
     assert!(server.terminate().await, "duet-server exits 0 on SIGTERM");
     let (code, reason) = client.wait_closed(5 * SECOND).await;
-    assert_eq!((code, reason.as_str()), (1001, "server shutting down"));
+    assert_eq!(
+        (code, reason.as_str()),
+        (1001, "server shutting down"),
+        "{}",
+        server.log()
+    );
     let log = server.log();
     assert!(log.contains("all rooms flushed"), "{log}");
 
