@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::Parser;
 use duet_server::api::{self, AppState};
 use duet_server::autocomplete::Engine;
@@ -44,6 +45,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     tracing::info!(address = %listener.local_addr()?, "duet-server listening");
+    // Every sync message is small and latency-bound: without TCP_NODELAY, Nagle's algorithm
+    // meets the peer's delayed ACK and holds some of them back for 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let mut wait = shutdown_rx.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = wait.changed().await;
