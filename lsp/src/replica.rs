@@ -1,0 +1,334 @@
+//! This bridge's replica of the room: a Yjs document (`files`: path → `Y.Text`) and the
+//! awareness (presence) of everyone in it, speaking the y-websocket protocol.
+//!
+//! Offsets are UTF-16 code units, as in JavaScript Yjs, so any Yjs client in the room agrees
+//! with us. Changes made by peers to a file this bridge has linked are collected, per file, as
+//! deltas for the session to hand to that document's [`crate::shadow::Shadow`]; our own changes
+//! (origin [`LOCAL`]) are not reported back.
+
+use std::sync::{Arc, Mutex};
+
+use yrs::sync::{Awareness, Message, SyncMessage};
+use yrs::types::Delta;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{
+    Doc, GetString, Map, MapRef, Observable, OffsetKind, Options, Origin, Out, ReadTxn, Text,
+    TextPrelim, TextRef, Transact, Update,
+};
+
+use crate::ot::Component;
+
+/// Origin of the transactions this bridge makes, so its own observers skip them.
+const LOCAL: &str = "duet-lsp";
+
+/// Peers' changes to one linked file, in order, as UTF-16 components on its previous text.
+pub type RemoteChange = (String, Vec<Component>);
+
+/// What a frame from the server meant.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// A frame to send back (sync step 2 for the server's step 1).
+    pub reply: Option<Vec<u8>>,
+    /// The server's state has arrived (sync step 2).
+    pub synced: bool,
+    /// The document changed.
+    pub doc_changed: bool,
+    /// Somebody's presence changed.
+    pub presence_changed: bool,
+}
+
+/// Another peer's announced presence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    pub client_id: u64,
+    pub name: String,
+    pub color: String,
+    /// `(path, anchor, head)`, offsets in UTF-16 code units of the file's text.
+    pub cursor: Option<(String, u32, u32)>,
+}
+
+pub struct Replica {
+    awareness: Awareness,
+    files: MapRef,
+    changes: Arc<Mutex<Vec<RemoteChange>>>,
+    linked: Vec<(String, TextRef)>,
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Replica {
+    pub fn new() -> Replica {
+        let doc = Doc::with_options(Options {
+            offset_kind: OffsetKind::Utf16,
+            ..Options::default()
+        });
+        let files = doc.get_or_insert_map("files");
+        Replica {
+            awareness: Awareness::new(doc),
+            files,
+            changes: Arc::default(),
+            linked: Vec::new(),
+        }
+    }
+
+    fn doc(&self) -> &Doc {
+        self.awareness.doc()
+    }
+
+    /// Opens the conversation after (re)connecting: our state vector, and our presence.
+    pub fn hello(&self) -> Vec<Vec<u8>> {
+        let sv = self.doc().transact().state_vector();
+        let mut frames = vec![Message::Sync(SyncMessage::SyncStep1(sv)).encode_v1()];
+        if let Ok(update) = self.awareness.update() {
+            frames.push(Message::Awareness(update).encode_v1());
+        }
+        frames
+    }
+
+    /// Handles one frame from the server.
+    pub fn receive(&mut self, data: &[u8]) -> Result<Received, String> {
+        let message = Message::decode_v1(data)
+            .map_err(|e| format!("malformed frame from the server: {e}"))?;
+        let mut out = Received::default();
+        match message {
+            Message::Sync(SyncMessage::SyncStep1(sv)) => {
+                let update = self.doc().transact().encode_state_as_update_v1(&sv);
+                out.reply = Some(Message::Sync(SyncMessage::SyncStep2(update)).encode_v1());
+            }
+            Message::Sync(SyncMessage::SyncStep2(update)) => {
+                out.doc_changed = self.apply_remote(&update)?;
+                out.synced = true;
+            }
+            Message::Sync(SyncMessage::Update(update)) => {
+                out.doc_changed = self.apply_remote(&update)?
+            }
+            Message::Awareness(update) => {
+                self.awareness
+                    .apply_update(update)
+                    .map_err(|e| format!("invalid presence update: {e}"))?;
+                out.presence_changed = true;
+            }
+            Message::AwarenessQuery | Message::Auth(_) | Message::Custom(..) => {}
+        }
+        Ok(out)
+    }
+
+    fn apply_remote(&mut self, update: &[u8]) -> Result<bool, String> {
+        let update = Update::decode_v1(update).map_err(|e| format!("malformed update: {e}"))?;
+        let mut txn = self.doc().transact_mut();
+        txn.apply_update(update)
+            .map_err(|e| format!("invalid update: {e}"))?;
+        Ok(txn.has_changes())
+    }
+
+    /// The changes peers made to linked files since the last call.
+    pub fn take_remote_changes(&self) -> Vec<RemoteChange> {
+        std::mem::take(&mut *self.changes.lock().expect("changes"))
+    }
+
+    fn text_ref(&self, path: &str) -> Option<TextRef> {
+        let txn = self.doc().transact();
+        match self.files.get(&txn, path) {
+            Some(Out::YText(text)) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The file's text in the room, if the room has it.
+    pub fn text(&self, path: &str) -> Option<String> {
+        let text = self.text_ref(path)?;
+        let txn = self.doc().transact();
+        Some(text.get_string(&txn))
+    }
+
+    /// Paths of every file in the room.
+    pub fn paths(&self) -> Vec<String> {
+        let txn = self.doc().transact();
+        let mut paths: Vec<String> = self.files.keys(&txn).map(str::to_string).collect();
+        paths.sort();
+        paths
+    }
+
+    /// Adds a file to the room. Returns the frame to send.
+    pub fn create(&mut self, path: &str, text: &str) -> Vec<u8> {
+        let mut txn = self.doc().transact_mut_with(LOCAL);
+        self.files.insert(&mut txn, path, TextPrelim::new(text));
+        update_frame(txn.encode_update_v1())
+    }
+
+    /// Starts reporting peers' changes to `path`; returns its text, or `None` if the room has
+    /// no such file. Linking again (after the text was replaced) follows the new text.
+    pub fn link(&mut self, path: &str) -> Option<String> {
+        self.unlink(path);
+        let text = self.text_ref(path)?;
+        let changes = self.changes.clone();
+        let key = path.to_string();
+        text.observe(LOCAL, move |txn, event| {
+            if txn.origin() == Some(&Origin::from(LOCAL)) {
+                return;
+            }
+            let components = event
+                .delta(txn)
+                .iter()
+                .map(|d| match d {
+                    Delta::Inserted(Out::Any(yrs::Any::String(s)), _) => {
+                        Component::Insert(s.to_string())
+                    }
+                    Delta::Inserted(other, _) => Component::Insert(other.to_string()),
+                    Delta::Deleted(n) => Component::Delete(*n as usize),
+                    Delta::Retain(n, _) => Component::Retain(*n as usize),
+                })
+                .collect();
+            changes
+                .lock()
+                .expect("changes")
+                .push((key.clone(), components));
+        });
+        self.linked.push((path.to_string(), text.clone()));
+        let txn = self.doc().transact();
+        Some(text.get_string(&txn))
+    }
+
+    pub fn unlink(&mut self, path: &str) {
+        if let Some(i) = self.linked.iter().position(|(p, _)| p == path) {
+            let (_, text) = self.linked.swap_remove(i);
+            text.unobserve(LOCAL);
+        }
+    }
+
+    /// True when the room's entry for a linked path is no longer the text we follow: removed,
+    /// or replaced by a peer that created the same file at the same time.
+    pub fn link_broken(&self, path: &str) -> bool {
+        let linked = self.linked.iter().find(|(p, _)| p == path).map(|(_, t)| t);
+        match (linked, self.text_ref(path)) {
+            (Some(ours), Some(current)) => *ours != current,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Applies our own splices (UTF-16) to a linked file. Returns the update to send.
+    pub fn edit(&mut self, path: &str, splices: &[crate::shadow::Splice]) -> Option<Vec<u8>> {
+        let text = self.text_ref(path)?;
+        let mut txn = self.doc().transact_mut_with(LOCAL);
+        for splice in splices {
+            if splice.delete > 0 {
+                text.remove_range(&mut txn, splice.index as u32, splice.delete as u32);
+            }
+            if !splice.insert.is_empty() {
+                text.insert(&mut txn, splice.index as u32, &splice.insert);
+            }
+        }
+        Some(update_frame(txn.encode_update_v1()))
+    }
+
+    /// Sets our presence. Returns the frame to send.
+    pub fn set_presence(&mut self, state: &serde_json::Value) -> Option<Vec<u8>> {
+        self.awareness.set_local_state_raw(state.to_string());
+        self.awareness
+            .update()
+            .ok()
+            .map(|u| Message::Awareness(u).encode_v1())
+    }
+
+    /// Everyone else's presence, by client id.
+    pub fn peers(&self) -> Vec<Peer> {
+        let me = self.awareness.client_id();
+        let mut peers: Vec<Peer> = self
+            .awareness
+            .iter()
+            .filter(|(id, _)| *id != me)
+            .filter_map(|(id, state)| {
+                let value: serde_json::Value = serde_json::from_str(state.data.as_deref()?).ok()?;
+                let user = value.get("user");
+                let field = |name: &str| user.and_then(|u| u.get(name)).and_then(|v| v.as_str());
+                let cursor = value.get("cursor").and_then(|c| {
+                    let file = c.get("file")?.as_str()?.to_string();
+                    let head = c.get("head")?.as_u64()? as u32;
+                    let anchor = c
+                        .get("anchor")
+                        .and_then(|a| a.as_u64())
+                        .map_or(head, |a| a as u32);
+                    Some((file, anchor, head))
+                });
+                (!value.is_null()).then(|| Peer {
+                    client_id: id.get(),
+                    name: field("name").unwrap_or("anonymous").to_string(),
+                    color: field("color").unwrap_or("#888888").to_string(),
+                    cursor,
+                })
+            })
+            .collect();
+        peers.sort_by_key(|p| p.client_id);
+        peers
+    }
+}
+
+/// The frame that sends a document update.
+pub fn update_frame(update: Vec<u8>) -> Vec<u8> {
+    Message::Sync(SyncMessage::Update(update)).encode_v1()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shadow::Splice;
+
+    /// Two replicas connected directly, as the server would relay between them.
+    fn relay(from: &Replica, to: &mut Replica) {
+        let sv = to.doc().transact().state_vector();
+        let update = from.doc().transact().encode_state_as_update_v1(&sv);
+        to.receive(&update_frame(update)).unwrap();
+    }
+
+    #[test]
+    fn peers_changes_to_linked_files_arrive_as_utf16_deltas() {
+        let (mut a, mut b) = (Replica::new(), Replica::new());
+        a.create("main.py", "héllo 🎉\n");
+        relay(&a, &mut b);
+        assert_eq!(b.link("main.py").as_deref(), Some("héllo 🎉\n"));
+        a.link("main.py");
+        // After the emoji (2 UTF-16 units): index 8.
+        a.edit(
+            "main.py",
+            &[Splice {
+                index: 8,
+                delete: 0,
+                insert: "世".into(),
+            }],
+        )
+        .unwrap();
+        assert!(
+            a.take_remote_changes().is_empty(),
+            "our own edits are not reported back"
+        );
+        relay(&a, &mut b);
+        assert_eq!(b.text("main.py").as_deref(), Some("héllo 🎉世\n"));
+        let changes = b.take_remote_changes();
+        assert_eq!(
+            changes,
+            vec![(
+                "main.py".to_string(),
+                vec![Component::Retain(8), Component::Insert("世".into())]
+            )]
+        );
+    }
+
+    #[test]
+    fn a_replaced_file_breaks_the_link() {
+        let (mut a, mut b) = (Replica::new(), Replica::new());
+        a.create("x.txt", "mine");
+        a.link("x.txt");
+        assert!(!a.link_broken("x.txt"));
+        b.create("x.txt", "theirs");
+        relay(&b, &mut a);
+        // Concurrent creations: one of the two texts wins the map entry, everywhere.
+        let winner = a.text("x.txt").unwrap();
+        assert_eq!(a.link_broken("x.txt"), winner == "theirs");
+    }
+}

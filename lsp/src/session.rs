@@ -1,0 +1,1092 @@
+//! The session: one task that owns everything — the open documents and their shadows, the
+//! room replica, the connection — and handles one event at a time, in arrival order.
+//!
+//! tower-lsp runs handlers concurrently, so the handlers in [`crate::backend`] only forward
+//! their message into this task's channel. Nothing here awaits the editor: requests to it
+//! (`workspace/applyEdit`) and notifications go out from spawned tasks, and their answers come
+//! back as events. That keeps `didChange` strictly ordered and stdio free of deadlocks.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use duet_server::autocomplete::{Engine, IdentifierIndex, Request, SuggestionKind};
+use ropey::Rope;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tower_lsp::lsp_types::*;
+use tower_lsp::Client;
+
+use crate::config::{find_duet_toml, Invite, Settings};
+use crate::connection::{Connection, NetEvent};
+use crate::encoding::{self, PositionEncoding};
+use crate::ot::Operation;
+use crate::replica::Replica;
+use crate::shadow::Shadow;
+use crate::workspace::Workspace;
+
+pub const COMMANDS: [&str; 4] = [
+    "duet.createRoom",
+    "duet.joinRoom",
+    "duet.leaveRoom",
+    "duet.status",
+];
+
+/// How long an `applyEdit` may wait for the editor's answer before it counts as refused.
+const APPLY_EDIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long remote edits are held for a Helix document after a completion request.
+const COMPLETION_HOLD: Duration = Duration::from_secs(3);
+
+/// Everything the session reacts to.
+pub enum Event {
+    Initialize(Box<InitializeParams>, oneshot::Sender<InitializeResult>),
+    Initialized,
+    Shutdown(oneshot::Sender<()>),
+    DidOpen(DidOpenTextDocumentParams),
+    DidChange(DidChangeTextDocumentParams),
+    DidClose(DidCloseTextDocumentParams),
+    Completion(
+        CompletionParams,
+        oneshot::Sender<Option<CompletionResponse>>,
+    ),
+    Command(
+        ExecuteCommandParams,
+        oneshot::Sender<Result<Option<Value>, String>>,
+    ),
+    Cursor(CursorParams),
+    Net(u64, NetEvent),
+    ApplyEditAnswered {
+        uri: Url,
+        id: u64,
+        applied: bool,
+    },
+    RoomCreated(
+        Result<Invite, String>,
+        oneshot::Sender<Result<Option<Value>, String>>,
+    ),
+    /// Time to look at held edits again.
+    Tick,
+}
+
+/// `duet/cursor`: where the user's cursor is, sent by our editor plugins.
+#[derive(Debug, serde::Deserialize)]
+pub struct CursorParams {
+    pub uri: Url,
+    pub position: Position,
+    pub anchor: Option<Position>,
+}
+
+struct Document {
+    /// Workspace-relative path; `None` when the file is outside the workspace (not shared).
+    path: Option<String>,
+    language: String,
+    shadow: Shadow,
+    linked: bool,
+    /// Remote edits are held back until then (Helix's completion preview, see DESIGN.md).
+    hold_until: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Connecting,
+    Synced,
+    Offline,
+}
+
+struct Room {
+    invite: Invite,
+    connection: Connection,
+    replica: Replica,
+    link: Link,
+    ever_synced: bool,
+}
+
+pub struct Session {
+    client: Client,
+    events: mpsc::UnboundedSender<Event>,
+    encoding: PositionEncoding,
+    workspace: Workspace,
+    settings: Settings,
+    snippets: bool,
+    helix: bool,
+    engine: Engine,
+    identifiers: IdentifierIndex,
+    stale_identifiers: HashSet<String>,
+    docs: HashMap<Url, Document>,
+    room: Option<Room>,
+    generation: u64,
+    cursor_from_editor: bool,
+    peer_diagnostics: HashSet<Url>,
+}
+
+impl Session {
+    pub fn new(client: Client, events: mpsc::UnboundedSender<Event>) -> Session {
+        Session {
+            client,
+            events,
+            encoding: PositionEncoding::Utf16,
+            workspace: Workspace::new(std::env::current_dir().unwrap_or_default()),
+            settings: Settings::default(),
+            snippets: false,
+            helix: false,
+            engine: Engine::builtin(),
+            identifiers: IdentifierIndex::new(),
+            stale_identifiers: HashSet::new(),
+            docs: HashMap::new(),
+            room: None,
+            generation: 0,
+            cursor_from_editor: false,
+            peer_diagnostics: HashSet::new(),
+        }
+    }
+
+    /// Handles events until the editor shuts us down or goes away.
+    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+        while let Some(event) = events.recv().await {
+            if let Event::Shutdown(reply) = event {
+                self.leave();
+                let _ = reply.send(());
+                continue;
+            }
+            self.handle(event);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Initialize(params, reply) => {
+                let _ = reply.send(self.initialize(*params));
+            }
+            Event::Initialized => self.initialized(),
+            Event::Shutdown(_) => {}
+            Event::DidOpen(params) => self.did_open(params),
+            Event::DidChange(params) => self.did_change(params),
+            Event::DidClose(params) => self.did_close(params),
+            Event::Completion(params, reply) => {
+                let _ = reply.send(self.completion(params));
+            }
+            Event::Command(params, reply) => self.command(params, reply),
+            Event::Cursor(params) => self.cursor(params),
+            Event::Net(generation, event) if generation == self.generation => self.net(event),
+            Event::Net(..) => {}
+            Event::ApplyEditAnswered { uri, id, applied } => {
+                if let Some(doc) = self.docs.get_mut(&uri) {
+                    if let Err(e) = doc.shadow.apply_edit_answered(id, applied) {
+                        tracing::warn!(%uri, error = %e, "applyEdit answer left the shadow inconsistent");
+                        self.resync(&uri);
+                    }
+                }
+                self.flush(&uri);
+            }
+            Event::RoomCreated(result, reply) => match result {
+                Ok(invite) => {
+                    let text = invite.to_invite_string();
+                    self.show(
+                        MessageType::INFO,
+                        format!("duet: room created. Invite (share it): {text}"),
+                    );
+                    self.join(invite);
+                    let _ = reply.send(Ok(Some(json!({"invite": text}))));
+                }
+                Err(e) => {
+                    self.show(
+                        MessageType::ERROR,
+                        format!("duet: could not create a room: {e}"),
+                    );
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Event::Tick => {
+                let uris: Vec<Url> = self.docs.keys().cloned().collect();
+                for uri in uris {
+                    self.flush(&uri);
+                }
+            }
+        }
+    }
+
+    // ----- lifecycle -------------------------------------------------------------------
+
+    fn initialize(&mut self, params: InitializeParams) -> InitializeResult {
+        self.encoding = PositionEncoding::negotiate(&params.capabilities);
+        self.snippets = params
+            .capabilities
+            .text_document
+            .as_ref()
+            .and_then(|t| t.completion.as_ref())
+            .and_then(|c| c.completion_item.as_ref())
+            .and_then(|i| i.snippet_support)
+            .unwrap_or(false);
+        self.helix = params
+            .client_info
+            .as_ref()
+            .is_some_and(|c| c.name.eq_ignore_ascii_case("helix"));
+        self.workspace = Workspace::from_initialize(&params);
+        let mut settings = Settings::default();
+        if let Some(file) = find_duet_toml(self.workspace.root()) {
+            match std::fs::read_to_string(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|t| Settings::from_toml(&t, &file))
+            {
+                Ok(from_file) => settings = from_file,
+                Err(e) => self.show(
+                    MessageType::ERROR,
+                    format!("duet: ignoring {}: {e}", file.display()),
+                ),
+            }
+            if params.root_uri.is_none()
+                && params.workspace_folders.as_ref().is_none_or(Vec::is_empty)
+            {
+                if let Some(dir) = file.parent() {
+                    self.workspace = Workspace::new(dir.to_path_buf());
+                }
+            }
+        }
+        settings = settings.merged(Settings::from_env());
+        if let Some(options) = params.initialization_options {
+            match serde_json::from_value::<Settings>(options) {
+                Ok(options) => settings = settings.merged(options),
+                Err(e) => self.show(
+                    MessageType::ERROR,
+                    format!("duet: ignoring initializationOptions: {e}"),
+                ),
+            }
+        }
+        self.settings = settings;
+        self.load_user_rules();
+        tracing::info!(root = %self.workspace.root().display(), encoding = ?self.encoding, "initialized");
+        InitializeResult {
+            capabilities: ServerCapabilities {
+                position_encoding: Some(self.encoding.kind()),
+                text_document_sync: Some(TextDocumentSyncCapability::Options(
+                    TextDocumentSyncOptions {
+                        open_close: Some(true),
+                        change: Some(TextDocumentSyncKind::INCREMENTAL),
+                        ..TextDocumentSyncOptions::default()
+                    },
+                )),
+                completion_provider: Some(CompletionOptions::default()),
+                execute_command_provider: Some(ExecuteCommandOptions {
+                    commands: COMMANDS.iter().map(|c| c.to_string()).collect(),
+                    ..ExecuteCommandOptions::default()
+                }),
+                ..ServerCapabilities::default()
+            },
+            server_info: Some(ServerInfo {
+                name: "duet-lsp".into(),
+                version: Some(env!("CARGO_PKG_VERSION").into()),
+            }),
+        }
+    }
+
+    /// User rules: a global file and a per-workspace file, on top of the built-in ones.
+    fn load_user_rules(&mut self) {
+        let global = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+            .map(|dir| dir.join("duet/rules.toml"));
+        let local = self.workspace.root().join(".duet/rules.toml");
+        for file in global.into_iter().chain([local]) {
+            if file.is_file() {
+                if let Err(e) = self.engine.load_file(&file) {
+                    self.show(
+                        MessageType::ERROR,
+                        format!("duet: completion rules not loaded: {e}"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn initialized(&mut self) {
+        match self.settings.invite() {
+            Ok(Some(invite)) => self.join(invite),
+            Ok(None) => self.status(),
+            Err(e) => self.show(MessageType::ERROR, format!("duet: cannot join: {e}")),
+        }
+    }
+
+    // ----- the room ----------------------------------------------------------------------
+
+    fn join(&mut self, invite: Invite) {
+        self.leave();
+        self.generation += 1;
+        let generation = self.generation;
+        let events = self.events.clone();
+        let connection = Connection::spawn(invite.ws_url(), move |event| {
+            let _ = events.send(Event::Net(generation, event));
+        });
+        let mut replica = Replica::new();
+        let name = self.settings.name.clone().unwrap_or_else(default_name);
+        let color = self
+            .settings
+            .color
+            .clone()
+            .unwrap_or_else(|| "#e5c07b".into());
+        replica.set_presence(&json!({"user": {"name": name, "color": color}}));
+        tracing::info!(room = %invite.room, server = %invite.server, "joining");
+        self.progress(
+            generation,
+            "begin",
+            format!("connecting to {}", invite.server),
+        );
+        self.room = Some(Room {
+            invite,
+            connection,
+            replica,
+            link: Link::Connecting,
+            ever_synced: false,
+        });
+        self.status();
+    }
+
+    fn leave(&mut self) {
+        if let Some(room) = self.room.take() {
+            tracing::info!(room = %room.invite.room, "left the room");
+            for doc in self.docs.values_mut() {
+                doc.linked = false;
+            }
+            self.clear_peer_diagnostics();
+            self.status();
+        }
+    }
+
+    fn net(&mut self, event: NetEvent) {
+        let Some(room) = self.room.as_mut() else {
+            return;
+        };
+        match event {
+            NetEvent::Connected => {
+                for frame in room.replica.hello() {
+                    room.connection.send(frame);
+                }
+            }
+            NetEvent::Frame(data) => match room.replica.receive(&data) {
+                Ok(received) => {
+                    if let Some(reply) = received.reply {
+                        room.connection.send(reply);
+                    }
+                    if received.synced && room.link != Link::Synced {
+                        self.synced();
+                    }
+                    if received.doc_changed {
+                        self.remote_changed();
+                    }
+                    if received.presence_changed {
+                        self.publish_peers();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a frame from the server"),
+            },
+            NetEvent::Disconnected(reason) => {
+                if room.link == Link::Synced {
+                    room.link = Link::Offline;
+                    tracing::warn!(%reason, "offline");
+                    self.show(
+                        MessageType::WARNING,
+                        format!("duet: offline ({reason}). Keep typing: your edits are kept and sync when the server is back."),
+                    );
+                    self.status();
+                }
+            }
+            NetEvent::Refused(reason) => {
+                let generation = self.generation;
+                self.show(
+                    MessageType::ERROR,
+                    format!("duet: cannot join the room: {reason}"),
+                );
+                self.progress(generation, "end", "failed".into());
+                self.leave();
+            }
+        }
+    }
+
+    fn synced(&mut self) {
+        let generation = self.generation;
+        let Some(room) = self.room.as_mut() else {
+            return;
+        };
+        let first = !room.ever_synced;
+        room.link = Link::Synced;
+        room.ever_synced = true;
+        let short = room.invite.room.to_string()[..8].to_string();
+        if first {
+            self.progress(generation, "end", "connected".into());
+            let uris: Vec<Url> = self.docs.keys().cloned().collect();
+            for uri in &uris {
+                self.link(uri);
+            }
+            let peers = self.room.as_ref().map_or(0, |r| r.replica.peers().len());
+            self.show(
+                MessageType::INFO,
+                format!("duet: joined room {short} ({peers} other peer(s))"),
+            );
+        } else {
+            self.show(
+                MessageType::INFO,
+                format!("duet: back online in room {short}; edits synced"),
+            );
+        }
+        self.status();
+        self.publish_peers();
+    }
+
+    /// Connects an open document to its file in the room: the room's text wins, and the
+    /// editor's previous text is kept in a recovery file if it differed. A file the room does
+    /// not have yet is added to it.
+    fn link(&mut self, uri: &Url) {
+        let Some(room) = self.room.as_mut().filter(|r| r.link == Link::Synced) else {
+            return;
+        };
+        let Some(doc) = self.docs.get_mut(uri) else {
+            return;
+        };
+        let Some(path) = doc.path.clone() else { return };
+        let mut notice = None;
+        match room.replica.link(&path) {
+            Some(room_text) => {
+                let current = doc.shadow.crdt_text().to_string();
+                if current != room_text {
+                    let saved = (!current.trim().is_empty()).then(|| {
+                        self.workspace
+                            .save_recovery(&room.invite.room.to_string(), &path, &current)
+                    });
+                    let op = Operation::diff(doc.shadow.crdt_text(), &Rope::from_str(&room_text));
+                    if let Err(e) = doc.shadow.remote_changed(&op) {
+                        tracing::warn!(%path, error = %e, "cannot bring the document to the room's text");
+                    }
+                    notice = match saved {
+                        Some(Ok(file)) => Some((
+                            MessageType::INFO,
+                            format!("duet: {path} now shows the room's text; your previous text is saved in {}", file.display()),
+                        )),
+                        Some(Err(e)) => Some((
+                            MessageType::WARNING,
+                            format!("duet: {path} now shows the room's text; saving your previous text failed: {e}"),
+                        )),
+                        None => None,
+                    };
+                }
+            }
+            None => {
+                let frame = room
+                    .replica
+                    .create(&path, &doc.shadow.crdt_text().to_string());
+                room.connection.send(frame);
+                room.replica.link(&path);
+            }
+        }
+        doc.linked = true;
+        self.stale_identifiers.insert(path);
+        if let Some((kind, message)) = notice {
+            self.show(kind, message);
+        }
+        self.flush(uri);
+    }
+
+    /// Hands peers' changes to the documents they concern.
+    fn remote_changed(&mut self) {
+        let Some(room) = self.room.as_mut() else {
+            return;
+        };
+        let changes = room.replica.take_remote_changes();
+        let mut touched: Vec<Url> = Vec::new();
+        let mut broken: Vec<Url> = Vec::new();
+        for (path, components) in changes {
+            self.stale_identifiers.insert(path.clone());
+            for (uri, doc) in self
+                .docs
+                .iter_mut()
+                .filter(|(_, d)| d.linked && d.path.as_deref() == Some(path.as_str()))
+            {
+                let applied = Operation::from_utf16(doc.shadow.crdt_text(), components.clone())
+                    .map_err(|e| e.to_string())
+                    .and_then(|op| doc.shadow.remote_changed(&op).map_err(|e| e.to_string()));
+                if let Err(e) = applied {
+                    tracing::warn!(%path, error = %e, "remote change does not fit the shadow; resyncing");
+                    broken.push(uri.clone());
+                }
+                touched.push(uri.clone());
+            }
+        }
+        // A file removed or replaced by a peer's concurrent creation: follow the room's text.
+        let replaced: Vec<Url> = self
+            .docs
+            .iter()
+            .filter(|(_, d)| {
+                d.linked && d.path.as_ref().is_some_and(|p| room.replica.link_broken(p))
+            })
+            .map(|(uri, _)| uri.clone())
+            .collect();
+        for uri in broken {
+            self.resync(&uri);
+        }
+        for uri in replaced {
+            if let Some(doc) = self.docs.get_mut(&uri) {
+                doc.linked = false;
+            }
+            self.link(&uri);
+        }
+        for uri in touched {
+            self.flush(&uri);
+        }
+        self.publish_peers();
+    }
+
+    /// Re-bases a document on the room's text after the shadow lost track.
+    fn resync(&mut self, uri: &Url) {
+        let Some(room) = self.room.as_ref() else {
+            return;
+        };
+        let Some(doc) = self.docs.get_mut(uri) else {
+            return;
+        };
+        if let Some(text) = doc.path.as_deref().and_then(|p| room.replica.text(p)) {
+            doc.shadow.resync(&text);
+        }
+    }
+
+    /// Sends the next `applyEdit` for a document, if one is due.
+    fn flush(&mut self, uri: &Url) {
+        let Some(doc) = self.docs.get_mut(uri) else {
+            return;
+        };
+        if let Some(until) = doc.hold_until {
+            if Instant::now() < until {
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(until.into()).await;
+                    let _ = events.send(Event::Tick);
+                });
+                return;
+            }
+            doc.hold_until = None;
+        }
+        let edit = match doc.shadow.next_apply_edit() {
+            Ok(Some(edit)) => edit,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(%uri, error = %e, "cannot compute the next edit; resyncing");
+                self.resync(uri);
+                return;
+            }
+        };
+        let (client, events, uri) = (self.client.clone(), self.events.clone(), uri.clone());
+        tokio::spawn(async move {
+            let request = client.apply_edit(edit.workspace_edit(uri.clone()));
+            let applied = match tokio::time::timeout(APPLY_EDIT_TIMEOUT, request).await {
+                Ok(Ok(response)) => response.applied,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "applyEdit failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("applyEdit timed out");
+                    false
+                }
+            };
+            let _ = events.send(Event::ApplyEditAnswered {
+                uri,
+                id: edit.id,
+                applied,
+            });
+        });
+    }
+
+    // ----- documents ---------------------------------------------------------------------
+
+    fn did_open(&mut self, params: DidOpenTextDocumentParams) {
+        let item = params.text_document;
+        let path = match self.workspace.relative_path(&item.uri) {
+            Ok(path) => Some(path),
+            Err(why) => {
+                if self.room.is_some() {
+                    self.show(
+                        MessageType::INFO,
+                        format!("duet: {} is not shared: {why}", item.uri),
+                    );
+                }
+                None
+            }
+        };
+        if let Some(path) = &path {
+            self.identifiers.set_document(path, &item.text);
+        }
+        self.docs.insert(
+            item.uri.clone(),
+            Document {
+                path,
+                language: item.language_id,
+                shadow: Shadow::new(&item.text, item.version, self.encoding),
+                linked: false,
+                hold_until: None,
+            },
+        );
+        self.link(&item.uri);
+    }
+
+    fn did_change(&mut self, params: DidChangeTextDocumentParams) {
+        let uri = params.text_document.uri;
+        let Some(doc) = self.docs.get_mut(&uri) else {
+            tracing::warn!(%uri, "didChange for a document that is not open");
+            return;
+        };
+        doc.hold_until = None;
+        let local = match doc
+            .shadow
+            .editor_changed(params.text_document.version, &params.content_changes)
+        {
+            Ok(local) => local,
+            Err(e) => {
+                tracing::warn!(%uri, error = %e, "didChange does not fit the shadow; resyncing");
+                self.resync(&uri);
+                self.flush(&uri);
+                return;
+            }
+        };
+        if local.clamped {
+            tracing::warn!(%uri, "didChange had positions out of range; clamped");
+        }
+        if let Some(path) = doc.path.clone() {
+            self.stale_identifiers.insert(path.clone());
+            if let (true, Some(room)) = (doc.linked && !local.is_empty(), self.room.as_mut()) {
+                if let Some(frame) = room.replica.edit(&path, &local.splices) {
+                    room.connection.send(frame);
+                }
+            }
+            if !self.cursor_from_editor {
+                // Editors without our plugin do not say where the cursor is: use where the
+                // user just typed.
+                if let Some(end) = params.content_changes.last().and_then(change_end) {
+                    self.set_cursor(&uri, end, end);
+                }
+            }
+        }
+        self.flush(&uri);
+    }
+
+    fn did_close(&mut self, params: DidCloseTextDocumentParams) {
+        if let Some(doc) = self.docs.remove(&params.text_document.uri) {
+            if let (Some(path), Some(room)) = (doc.path, self.room.as_mut()) {
+                if !self.docs.values().any(|d| d.path.as_ref() == Some(&path)) {
+                    room.replica.unlink(&path);
+                }
+            }
+        }
+    }
+
+    // ----- presence ----------------------------------------------------------------------
+
+    fn cursor(&mut self, params: CursorParams) {
+        self.cursor_from_editor = true;
+        let anchor = params.anchor.unwrap_or(params.position);
+        self.set_cursor(&params.uri, anchor, params.position);
+    }
+
+    fn set_cursor(&mut self, uri: &Url, anchor: Position, head: Position) {
+        let (Some(doc), Some(room)) = (self.docs.get(uri), self.room.as_mut()) else {
+            return;
+        };
+        let Some(path) = doc.path.as_ref().filter(|_| doc.linked) else {
+            return;
+        };
+        let text = doc.shadow.text();
+        let to_utf16 = |p: Position| {
+            let (c, _) = encoding::position_to_char(text, p, self.encoding);
+            encoding::char_to_utf16(text, c).0
+        };
+        let name = self.settings.name.clone().unwrap_or_else(default_name);
+        let color = self
+            .settings
+            .color
+            .clone()
+            .unwrap_or_else(|| "#e5c07b".into());
+        let state = json!({
+            "user": {"name": name, "color": color},
+            "cursor": {"file": path, "anchor": to_utf16(anchor), "head": to_utf16(head)},
+        });
+        if let Some(frame) = room.replica.set_presence(&state) {
+            room.connection.send(frame);
+        }
+    }
+
+    /// Tells the editor where everyone else is: `duet/peers` for our plugins, and hint
+    /// diagnostics for editors without one (opt-in).
+    fn publish_peers(&mut self) {
+        let peers = self
+            .room
+            .as_ref()
+            .map(|r| r.replica.peers())
+            .unwrap_or_default();
+        let mut listed = Vec::new();
+        let mut by_uri: HashMap<Url, Vec<Diagnostic>> = HashMap::new();
+        for peer in &peers {
+            let mut entry =
+                json!({"clientId": peer.client_id, "name": peer.name, "color": peer.color});
+            if let Some((file, anchor, head)) = &peer.cursor {
+                if let Some((uri, doc)) = self
+                    .docs
+                    .iter()
+                    .find(|(_, d)| d.path.as_deref() == Some(file.as_str()))
+                {
+                    let text = doc.shadow.crdt_text();
+                    let position = |cu: u32| {
+                        let (c, _) = encoding::utf16_to_char(text, cu as usize);
+                        encoding::char_to_position(text, c, self.encoding).0
+                    };
+                    let (start, end) = (position(*anchor.min(head)), position(*anchor.max(head)));
+                    let range = Range::new(start, end);
+                    entry["uri"] = json!(uri);
+                    entry["range"] = json!(range);
+                    by_uri.entry(uri.clone()).or_default().push(Diagnostic {
+                        range: Range::new(position(*head), position(*head)),
+                        severity: Some(DiagnosticSeverity::HINT),
+                        source: Some("duet".into()),
+                        message: format!("{} is here", peer.name),
+                        ..Diagnostic::default()
+                    });
+                }
+            }
+            listed.push(entry);
+        }
+        self.notify::<PeersNotification>(json!({"peers": listed}));
+        if self.settings.peer_diagnostics.unwrap_or(false) {
+            let stale: Vec<Url> = self
+                .peer_diagnostics
+                .iter()
+                .filter(|u| !by_uri.contains_key(*u))
+                .cloned()
+                .collect();
+            for uri in stale {
+                self.publish_diagnostics(uri, Vec::new());
+            }
+            self.peer_diagnostics = by_uri.keys().cloned().collect();
+            for (uri, diagnostics) in by_uri {
+                self.publish_diagnostics(uri, diagnostics);
+            }
+        }
+    }
+
+    fn clear_peer_diagnostics(&mut self) {
+        for uri in std::mem::take(&mut self.peer_diagnostics) {
+            self.publish_diagnostics(uri, Vec::new());
+        }
+    }
+
+    fn publish_diagnostics(&self, uri: Url, diagnostics: Vec<Diagnostic>) {
+        let client = self.client.clone();
+        tokio::spawn(async move { client.publish_diagnostics(uri, diagnostics, None).await });
+    }
+
+    // ----- completion ------------------------------------------------------------------------
+
+    fn completion(&mut self, params: CompletionParams) -> Option<CompletionResponse> {
+        let uri = params.text_document_position.text_document.uri;
+        let position = params.text_document_position.position;
+        self.refresh_identifiers();
+        let doc = self.docs.get_mut(&uri)?;
+        if self.helix {
+            // Helix restores the text it saved at this request when the user previews an item:
+            // a peer's edit applied meanwhile would vanish and its deletion come back as the
+            // user's. Hold peers' edits until the user's next change.
+            doc.hold_until = Some(Instant::now() + COMPLETION_HOLD);
+        }
+        let text = doc.shadow.text();
+        let (cursor, _) = encoding::position_to_char(text, position, self.encoding);
+        let line_start = text.line_to_char(text.char_to_line(cursor));
+        let line_prefix = text.slice(line_start..cursor).to_string();
+        let suggestions = self.engine.complete(&Request {
+            language: &doc.language,
+            line_prefix: &line_prefix,
+            identifiers: Some(&self.identifiers),
+            limit: 50,
+        });
+        let items = suggestions
+            .into_iter()
+            .enumerate()
+            .map(|(rank, s)| {
+                let start_char = line_start
+                    + line_prefix[..s.replace_start.min(line_prefix.len())]
+                        .chars()
+                        .count();
+                let start = encoding::char_to_position(text, start_char, self.encoding).0;
+                let (new_text, format) = match (&s.snippet, self.snippets) {
+                    (Some(snippet), true) => (snippet.clone(), InsertTextFormat::SNIPPET),
+                    _ => (s.insert_text.clone(), InsertTextFormat::PLAIN_TEXT),
+                };
+                CompletionItem {
+                    label: s.label,
+                    kind: Some(match s.kind {
+                        SuggestionKind::Snippet => CompletionItemKind::SNIPPET,
+                        SuggestionKind::Keyword => CompletionItemKind::KEYWORD,
+                        SuggestionKind::Identifier => CompletionItemKind::TEXT,
+                    }),
+                    detail: Some(s.detail),
+                    sort_text: Some(format!("{rank:04}")),
+                    filter_text: Some(
+                        line_prefix[s.replace_start.min(line_prefix.len())..].to_string(),
+                    ),
+                    insert_text_format: Some(format),
+                    text_edit: Some(CompletionTextEdit::Edit(TextEdit::new(
+                        Range::new(start, position),
+                        new_text,
+                    ))),
+                    ..CompletionItem::default()
+                }
+            })
+            .collect();
+        Some(CompletionResponse::List(CompletionList {
+            is_incomplete: true,
+            items,
+        }))
+    }
+
+    /// Re-indexes the identifiers of files that changed since the last completion.
+    fn refresh_identifiers(&mut self) {
+        for path in std::mem::take(&mut self.stale_identifiers) {
+            let open = self
+                .docs
+                .values()
+                .find(|d| d.path.as_deref() == Some(path.as_str()));
+            let text = match open {
+                Some(doc) => Some(doc.shadow.text().to_string()),
+                None => self.room.as_ref().and_then(|r| r.replica.text(&path)),
+            };
+            match text {
+                Some(text) => self.identifiers.set_document(&path, &text),
+                None => {
+                    self.identifiers.remove_document(&path);
+                }
+            }
+        }
+        if let Some(room) = &self.room {
+            for path in room.replica.paths() {
+                if !self.identifiers.has_document(&path) {
+                    if let Some(text) = room.replica.text(&path) {
+                        self.identifiers.set_document(&path, &text);
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- commands ----------------------------------------------------------------------------
+
+    fn command(
+        &mut self,
+        params: ExecuteCommandParams,
+        reply: oneshot::Sender<Result<Option<Value>, String>>,
+    ) {
+        let argument = params
+            .arguments
+            .first()
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let result = match params.command.as_str() {
+            "duet.joinRoom" => match argument.as_deref().map(Invite::parse) {
+                Some(Ok(invite)) => {
+                    let room = invite.room.to_string();
+                    self.join(invite);
+                    Ok(Some(json!({"room": room})))
+                }
+                Some(Err(e)) => Err(format!("duet: cannot join: {e}")),
+                None => Err(
+                    "duet.joinRoom needs an invite: ws://HOST:PORT/ws/<room>?token=<token>".into(),
+                ),
+            },
+            "duet.createRoom" => {
+                let server = argument
+                    .or_else(|| self.settings.server.clone())
+                    .unwrap_or_else(|| "http://127.0.0.1:8000".into());
+                self.create_room(server, reply);
+                return;
+            }
+            "duet.leaveRoom" => {
+                let was_in_room = self.room.is_some();
+                self.leave();
+                self.show(
+                    MessageType::INFO,
+                    if was_in_room {
+                        "duet: left the room"
+                    } else {
+                        "duet: not in a room"
+                    }
+                    .into(),
+                );
+                Ok(None)
+            }
+            "duet.status" => {
+                let status = self.status_value();
+                self.show(MessageType::INFO, format!("duet: {status}"));
+                Ok(Some(status))
+            }
+            other => Err(format!(
+                "unknown command {other:?}; duet's commands are {}",
+                COMMANDS.join(", ")
+            )),
+        };
+        if let Err(e) = &result {
+            self.show(MessageType::ERROR, e.clone());
+        }
+        let _ = reply.send(result);
+    }
+
+    /// Creates a room over REST with the open files of the workspace, then joins it.
+    fn create_room(
+        &mut self,
+        server: String,
+        reply: oneshot::Sender<Result<Option<Value>, String>>,
+    ) {
+        let files: serde_json::Map<String, Value> = self
+            .docs
+            .values()
+            .filter_map(|d| Some((d.path.clone()?, json!(d.shadow.text().to_string()))))
+            .collect();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let base = server.trim_end_matches('/').replacen("ws://", "http://", 1);
+                let response = reqwest::Client::new()
+                    .post(format!("{base}/rooms"))
+                    .json(&json!({"files": files}))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await
+                    .map_err(|e| format!("{base} is not reachable: {e}"))?;
+                let status = response.status();
+                let body: Value = response
+                    .json()
+                    .await
+                    .map_err(|e| format!("unexpected answer from {base}: {e}"))?;
+                if !status.is_success() {
+                    return Err(format!(
+                        "{base} answered {status}: {}",
+                        body["error"].as_str().unwrap_or("")
+                    ));
+                }
+                let invite = body["invite"]
+                    .as_str()
+                    .ok_or("the server's answer has no invite")?;
+                // The server builds the invite from the address we used; keep ours.
+                let mut invite = Invite::parse(invite).map_err(|e| e.to_string())?;
+                invite.server = base;
+                Ok(invite)
+            }
+            .await;
+            let _ = events.send(Event::RoomCreated(result, reply));
+        });
+    }
+
+    fn status_value(&self) -> Value {
+        match &self.room {
+            Some(room) => json!({
+                "state": match room.link {
+                    Link::Connecting => "connecting",
+                    Link::Synced => "connected",
+                    Link::Offline => "offline",
+                },
+                "room": room.invite.room,
+                "server": room.invite.server,
+                "invite": room.invite.to_invite_string(),
+                "peers": room.replica.peers().iter().map(|p| json!({"name": p.name, "color": p.color})).collect::<Vec<_>>(),
+                "files": room.replica.paths(),
+            }),
+            None => json!({"state": "idle"}),
+        }
+    }
+
+    // ----- talking to the editor ---------------------------------------------------------------
+
+    fn status(&self) {
+        let mut status = self.status_value();
+        if let Some(o) = status.as_object_mut() {
+            o.remove("invite");
+        }
+        self.notify::<StatusNotification>(status);
+    }
+
+    fn show(&self, kind: MessageType, message: String) {
+        tracing::info!(%message, "message to the user");
+        let client = self.client.clone();
+        tokio::spawn(async move { client.show_message(kind, message).await });
+    }
+
+    fn notify<N: notification::Notification<Params = Value>>(&self, params: Value) {
+        let client = self.client.clone();
+        tokio::spawn(async move { client.send_notification::<N>(params).await });
+    }
+
+    fn progress(&self, generation: u64, kind: &str, message: String) {
+        let token = NumberOrString::String(format!("duet-join-{generation}"));
+        let value = match kind {
+            "begin" => WorkDoneProgress::Begin(WorkDoneProgressBegin {
+                title: "duet".into(),
+                message: Some(message),
+                ..WorkDoneProgressBegin::default()
+            }),
+            _ => WorkDoneProgress::End(WorkDoneProgressEnd {
+                message: Some(message),
+            }),
+        };
+        let client = self.client.clone();
+        let begin = kind == "begin";
+        tokio::spawn(async move {
+            if begin {
+                // The token must exist before it is used; an editor that refuses just shows no spinner.
+                let created = client
+                    .send_request::<request::WorkDoneProgressCreate>(WorkDoneProgressCreateParams {
+                        token: token.clone(),
+                    })
+                    .await;
+                if created.is_err() {
+                    return;
+                }
+            }
+            client
+                .send_notification::<notification::Progress>(ProgressParams {
+                    token,
+                    value: ProgressParamsValue::WorkDone(value),
+                })
+                .await;
+        });
+    }
+}
+
+fn change_end(change: &TextDocumentContentChangeEvent) -> Option<Position> {
+    let range = change.range?;
+    let lines: Vec<&str> = change.text.split('\n').collect();
+    let last = lines.last().copied().unwrap_or_default();
+    // The position after the inserted text, counted in UTF-16 units as an approximation: it
+    // only places our cursor for peers to see.
+    Some(if lines.len() > 1 {
+        Position::new(
+            range.start.line + lines.len() as u32 - 1,
+            last.encode_utf16().count() as u32,
+        )
+    } else {
+        Position::new(
+            range.start.line,
+            range.start.character + last.encode_utf16().count() as u32,
+        )
+    })
+}
+
+fn default_name() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "anonymous".into())
+}
+
+/// `duet/status`: the room, the connection state and the peers.
+pub enum StatusNotification {}
+
+impl notification::Notification for StatusNotification {
+    type Params = Value;
+    const METHOD: &'static str = "duet/status";
+}
+
+/// `duet/peers`: everyone else in the room and where they are.
+pub enum PeersNotification {}
+
+impl notification::Notification for PeersNotification {
+    type Params = Value;
+    const METHOD: &'static str = "duet/peers";
+}
