@@ -477,7 +477,6 @@ impl Session {
             }
         }
         doc.linked = true;
-        self.stale_identifiers.insert(path);
         if let Some((kind, message)) = notice {
             self.show(kind, message);
         }
@@ -493,7 +492,13 @@ impl Session {
         let mut touched: Vec<Url> = Vec::new();
         let mut broken: Vec<Url> = Vec::new();
         for (path, components) in changes {
-            self.stale_identifiers.insert(path.clone());
+            if !self
+                .docs
+                .values()
+                .any(|d| d.path.as_deref() == Some(path.as_str()))
+            {
+                self.stale_identifiers.insert(path.clone());
+            }
             for (uri, doc) in self
                 .docs
                 .iter_mut()
@@ -627,30 +632,43 @@ impl Session {
 
     fn did_change(&mut self, params: DidChangeTextDocumentParams) {
         let uri = params.text_document.uri;
+        let version = params.text_document.version;
         let Some(doc) = self.docs.get_mut(&uri) else {
             tracing::warn!(%uri, "didChange for a document that is not open");
             return;
         };
         doc.hold_until = None;
-        let local = match doc
-            .shadow
-            .editor_changed(params.text_document.version, &params.content_changes)
-        {
-            Ok(local) => local,
-            Err(e) => {
-                tracing::warn!(%uri, error = %e, "didChange does not fit the shadow; resyncing");
-                self.resync(&uri);
-                self.flush(&uri);
-                return;
+        // One change at a time, so that the identifier index can follow each in O(line): the
+        // shadow processes a notification's changes one by one anyway.
+        let mut splices = Vec::new();
+        for change in &params.content_changes {
+            let (first, old) = affected_lines(doc.shadow.text(), change);
+            match doc
+                .shadow
+                .editor_changed(version, std::slice::from_ref(change))
+            {
+                Ok(local) => {
+                    if local.clamped {
+                        tracing::warn!(%uri, "didChange had positions out of range; clamped");
+                    }
+                    splices.extend(local.splices);
+                }
+                Err(e) => {
+                    tracing::warn!(%uri, error = %e, "didChange does not fit the shadow; resyncing");
+                    self.resync(&uri);
+                    self.flush(&uri);
+                    return;
+                }
             }
-        };
-        if local.clamped {
-            tracing::warn!(%uri, "didChange had positions out of range; clamped");
+            if let Some(path) = &doc.path {
+                let inserted_lines = change.text.matches('\n').count();
+                let new = lines(doc.shadow.text(), first, first + inserted_lines);
+                self.identifiers.edit_document(path, &old, &new);
+            }
         }
         if let Some(path) = doc.path.clone() {
-            self.stale_identifiers.insert(path.clone());
-            if let (true, Some(room)) = (doc.linked && !local.is_empty(), self.room.as_mut()) {
-                if let Some(frame) = room.replica.edit(&path, &local.splices) {
+            if let (true, Some(room)) = (doc.linked && !splices.is_empty(), self.room.as_mut()) {
+                if let Some(frame) = room.replica.edit(&path, &splices) {
                     room.connection.send(frame);
                 }
             }
@@ -841,30 +859,22 @@ impl Session {
         }))
     }
 
-    /// Re-indexes the identifiers of files that changed since the last completion.
+    /// Re-indexes the identifiers of room files that peers changed since the last completion
+    /// (open documents are followed edit by edit), and indexes room files not seen yet.
     fn refresh_identifiers(&mut self) {
+        let Some(room) = &self.room else { return };
         for path in std::mem::take(&mut self.stale_identifiers) {
-            let open = self
-                .docs
-                .values()
-                .find(|d| d.path.as_deref() == Some(path.as_str()));
-            let text = match open {
-                Some(doc) => Some(doc.shadow.text().to_string()),
-                None => self.room.as_ref().and_then(|r| r.replica.text(&path)),
-            };
-            match text {
+            match room.replica.text(&path) {
                 Some(text) => self.identifiers.set_document(&path, &text),
                 None => {
                     self.identifiers.remove_document(&path);
                 }
             }
         }
-        if let Some(room) = &self.room {
-            for path in room.replica.paths() {
-                if !self.identifiers.has_document(&path) {
-                    if let Some(text) = room.replica.text(&path) {
-                        self.identifiers.set_document(&path, &text);
-                    }
+        for path in room.replica.paths() {
+            if !self.identifiers.has_document(&path) {
+                if let Some(text) = room.replica.text(&path) {
+                    self.identifiers.set_document(&path, &text);
                 }
             }
         }
@@ -1050,6 +1060,31 @@ impl Session {
                 .await;
         });
     }
+}
+
+/// The first line a change touches and the text of the lines it touches, before it applies.
+fn affected_lines(text: &Rope, change: &TextDocumentContentChangeEvent) -> (usize, String) {
+    match change.range {
+        Some(range) => {
+            let first = range.start.line as usize;
+            (first, lines(text, first, range.end.line as usize))
+        }
+        None => (0, text.to_string()),
+    }
+}
+
+/// Lines `first..=last` of `text` (clamped to the text).
+fn lines(text: &Rope, first: usize, last: usize) -> String {
+    let count = text.len_lines();
+    let first = first.min(count - 1);
+    let last = last.clamp(first, count - 1);
+    let start = text.line_to_char(first);
+    let end = if last + 1 < count {
+        text.line_to_char(last + 1)
+    } else {
+        text.len_chars()
+    };
+    text.slice(start..end).to_string()
 }
 
 fn change_end(change: &TextDocumentContentChangeEvent) -> Option<Position> {
