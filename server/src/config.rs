@@ -105,7 +105,12 @@ impl Config {
     pub fn database_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}", self.data_dir.join("duet.db").display()),
+            None => {
+                let file = self.data_dir.join("duet.db");
+                // Printed at start: an absolute path says exactly where the rooms are.
+                let file = std::path::absolute(&file).unwrap_or(file);
+                format!("sqlite://{}", file.display())
+            }
         }
     }
 }
