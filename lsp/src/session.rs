@@ -36,6 +36,9 @@ pub const COMMANDS: [&str; 4] = [
 const APPLY_EDIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long remote edits are held for a Helix document after a completion request.
 const COMPLETION_HOLD: Duration = Duration::from_secs(3);
+/// Our presence goes out at most this often: a cursor update per keystroke would double the
+/// traffic for nothing anyone can see.
+const PRESENCE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Everything the session reacts to.
 pub enum Event {
@@ -117,6 +120,9 @@ pub struct Session {
     generation: u64,
     cursor_from_editor: bool,
     peer_diagnostics: HashSet<Url>,
+    /// Our latest presence, not sent yet, and when the last one went out.
+    presence: Option<Value>,
+    presence_sent: Option<Instant>,
 }
 
 impl Session {
@@ -137,6 +143,8 @@ impl Session {
             generation: 0,
             cursor_from_editor: false,
             peer_diagnostics: HashSet::new(),
+            presence: None,
+            presence_sent: None,
         }
     }
 
@@ -201,6 +209,7 @@ impl Session {
                 for uri in uris {
                     self.flush(&uri);
                 }
+                self.send_presence();
             }
         }
     }
@@ -317,13 +326,7 @@ impl Session {
             let _ = events.send(Event::Net(generation, event));
         });
         let mut replica = Replica::new();
-        let name = self.settings.name.clone().unwrap_or_else(default_name);
-        let color = self
-            .settings
-            .color
-            .clone()
-            .unwrap_or_else(|| "#e5c07b".into());
-        replica.set_presence(&json!({"user": {"name": name, "color": color}}));
+        replica.set_presence(&json!({"user": self.user()}));
         tracing::info!(room = %invite.room, server = %invite.server, "joining");
         self.progress(
             generation,
@@ -410,12 +413,18 @@ impl Session {
         room.link = Link::Synced;
         room.ever_synced = true;
         let short = room.invite.room.to_string()[..8].to_string();
+        // Documents opened before the first sync, or while offline, join the room now.
+        let unlinked: Vec<Url> = self
+            .docs
+            .iter()
+            .filter(|(_, d)| !d.linked)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for uri in &unlinked {
+            self.link(uri);
+        }
         if first {
             self.progress(generation, "end", "connected".into());
-            let uris: Vec<Url> = self.docs.keys().cloned().collect();
-            for uri in &uris {
-                self.link(uri);
-            }
             let peers = self.room.as_ref().map_or(0, |r| r.replica.peers().len());
             self.show(
                 MessageType::INFO,
@@ -702,10 +711,10 @@ impl Session {
     }
 
     fn set_cursor(&mut self, uri: &Url, anchor: Position, head: Position) {
-        let (Some(doc), Some(room)) = (self.docs.get(uri), self.room.as_mut()) else {
+        let Some(doc) = self.docs.get(uri).filter(|d| d.linked) else {
             return;
         };
-        let Some(path) = doc.path.as_ref().filter(|_| doc.linked) else {
+        let Some(path) = doc.path.clone() else {
             return;
         };
         let text = doc.shadow.text();
@@ -713,19 +722,50 @@ impl Session {
             let (c, _) = encoding::position_to_char(text, p, self.encoding);
             encoding::char_to_utf16(text, c).0
         };
+        self.presence = Some(json!({
+            "user": self.user(),
+            "cursor": {"file": path, "anchor": to_utf16(anchor), "head": to_utf16(head)},
+        }));
+        self.send_presence();
+    }
+
+    /// Sends our latest presence, unless one went out less than [`PRESENCE_INTERVAL`] ago;
+    /// then it goes out on a tick.
+    fn send_presence(&mut self) {
+        let Some(room) = self.room.as_mut() else {
+            return;
+        };
+        if self.presence.is_none() {
+            return;
+        }
+        if let Some(due) = self.presence_sent.map(|sent| sent + PRESENCE_INTERVAL) {
+            if Instant::now() < due {
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(due.into()).await;
+                    let _ = events.send(Event::Tick);
+                });
+                return;
+            }
+        }
+        if let Some(frame) = self
+            .presence
+            .take()
+            .and_then(|state| room.replica.set_presence(&state))
+        {
+            room.connection.send(frame);
+            self.presence_sent = Some(Instant::now());
+        }
+    }
+
+    fn user(&self) -> Value {
         let name = self.settings.name.clone().unwrap_or_else(default_name);
         let color = self
             .settings
             .color
             .clone()
             .unwrap_or_else(|| "#e5c07b".into());
-        let state = json!({
-            "user": {"name": name, "color": color},
-            "cursor": {"file": path, "anchor": to_utf16(anchor), "head": to_utf16(head)},
-        });
-        if let Some(frame) = room.replica.set_presence(&state) {
-            room.connection.send(frame);
-        }
+        json!({"name": name, "color": color})
     }
 
     /// Tells the editor where everyone else is: `duet/peers` for our plugins, and hint
