@@ -567,11 +567,7 @@ impl Session {
         };
         if let Some(until) = doc.hold_until {
             if Instant::now() < until {
-                let events = self.events.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep_until(until.into()).await;
-                    let _ = events.send(Event::Tick);
-                });
+                tick_at(&self.events, until);
                 return;
             }
             doc.hold_until = None;
@@ -740,11 +736,7 @@ impl Session {
         }
         if let Some(due) = self.presence_sent.map(|sent| sent + PRESENCE_INTERVAL) {
             if Instant::now() < due {
-                let events = self.events.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep_until(due.into()).await;
-                    let _ = events.send(Event::Tick);
-                });
+                tick_at(&self.events, due);
                 return;
             }
         }
@@ -1100,6 +1092,15 @@ impl Session {
                 .await;
         });
     }
+}
+
+/// Sends the session a [`Event::Tick`] at `when`, to look again at what was held back.
+fn tick_at(events: &mpsc::UnboundedSender<Event>, when: Instant) {
+    let events = events.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(when.into()).await;
+        let _ = events.send(Event::Tick);
+    });
 }
 
 /// The first line a change touches and the text of the lines it touches, before it applies.

@@ -208,6 +208,20 @@ impl Server {
             .expect("json")
     }
 
+    /// One figure from `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        let text = text.text().await.expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    }
+
     /// SIGKILL: nothing gets flushed.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -18,21 +18,6 @@ on_both_backends! {
     idle_rooms_unload_and_compacted_rooms_reload => idle_rooms_unload_and_compacted_rooms_reload;
 }
 
-async fn metric(server: &Server, name: &str) -> u64 {
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
 async fn graceful_restart_closes_cleanly_and_keeps_everything(backend: Backend) {
     let db = Database::new(backend);
     let mut server = Server::start(&db, &[]).await;
@@ -78,7 +63,7 @@ async fn kill_9_keeps_what_was_flushed_and_clients_resync_the_rest(backend: Back
     let early = YClient::join(&server.ws_url(&room)).await;
     early.append("a.txt", "flushed line\n");
     duet_e2e::eventually(5 * SECOND, "the flush", || async {
-        (metric(&server, "duet_updates_written_total").await >= 1).then_some(())
+        (server.metric("duet_updates_written_total").await >= 1).then_some(())
     })
     .await;
     drop(early);
@@ -106,7 +91,7 @@ async fn kill_9_keeps_what_was_flushed_and_clients_resync_the_rest(backend: Back
     .await;
     // And once written, it survives another crash.
     duet_e2e::eventually(5 * SECOND, "the flush", || async {
-        (metric(&server, "duet_updates_written_total").await >= 1).then_some(())
+        (server.metric("duet_updates_written_total").await >= 1).then_some(())
     })
     .await;
     drop(ann);
@@ -138,11 +123,11 @@ async fn idle_rooms_unload_and_compacted_rooms_reload(backend: Backend) {
     client.wait_text("log.txt", &typed, 5 * SECOND).await;
     drop(client);
     duet_e2e::eventually(10 * SECOND, "the idle room to unload", || async {
-        (metric(&server, "duet_rooms_unloaded_total").await == 1).then_some(())
+        (server.metric("duet_rooms_unloaded_total").await == 1).then_some(())
     })
     .await;
     assert!(
-        metric(&server, "duet_compactions_total").await >= 1,
+        server.metric("duet_compactions_total").await >= 1,
         "60 updates with --compact-after 10"
     );
     // Served from the store while unloaded, and whole again when someone joins.
@@ -152,7 +137,7 @@ async fn idle_rooms_unload_and_compacted_rooms_reload(backend: Backend) {
     );
     let again = YClient::join(&server.ws_url(&room)).await;
     assert_eq!(again.text("log.txt").as_deref(), Some(typed.as_str()));
-    assert_eq!(metric(&server, "duet_rooms_loaded_total").await, 2);
+    assert_eq!(server.metric("duet_rooms_loaded_total").await, 2);
     drop(again);
     server.kill9();
     server.restart().await;

@@ -243,15 +243,6 @@ async fn a_peer_that_stops_reading_is_disconnected(backend: Backend) {
     witness.wait_text("big.txt", &expected, 20 * SECOND).await;
     assert_eq!(writer.closed(), None);
     assert_eq!(witness.closed(), None);
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("duet_peers_kicked_total 1\n"), "{metrics}");
+    assert_eq!(server.metric("duet_peers_kicked_total").await, 1);
     drop(stalled);
 }
