@@ -1,0 +1,634 @@
+//! The Helix configuration in `editors/helix/`: `languages.toml` must keep Helix 25.07's own
+//! servers for every language it touches (setting `language-servers` replaces Helix's list)
+//! and add duet after them, as recorded in `defaults.toml`.
+//!
+//! Helix itself cannot run here, so this checks the files. Each check is a function that
+//! returns what is wrong; the tests at the bottom feed it broken copies of the files to show
+//! that it notices.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use toml::{Table, Value};
+
+/// The languages the configuration must cover.
+const COMMON: &[&str] = &[
+    "python",
+    "javascript",
+    "typescript",
+    "tsx",
+    "jsx",
+    "rust",
+    "go",
+    "c",
+    "cpp",
+    "java",
+    "ruby",
+    "markdown",
+    "json",
+    "yaml",
+    "toml",
+    "html",
+    "css",
+    "bash",
+    "lua",
+];
+
+fn helix_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../editors/helix")
+}
+
+fn read(name: &str) -> String {
+    let path = helix_dir().join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Both files as shipped: (languages.toml, defaults.toml).
+fn shipped() -> (String, String) {
+    (read("languages.toml"), read("defaults.toml"))
+}
+
+fn parse(src: &str, what: &str) -> Table {
+    toml::from_str(src).unwrap_or_else(|e| panic!("{what} is not valid TOML: {e}"))
+}
+
+type Check = fn(&str, &str) -> Result<(), String>;
+
+// ---------------------------------------------------------------------------------------------
+// Reading the files
+
+/// The `[[language]]` entries of languages.toml.
+fn languages(src: &str) -> Vec<Table> {
+    let doc = parse(src, "languages.toml");
+    match doc.get("language") {
+        Some(Value::Array(entries)) => entries
+            .iter()
+            .map(|e| match e {
+                Value::Table(t) => t.clone(),
+                other => panic!("a [[language]] entry is not a table: {other}"),
+            })
+            .collect(),
+        Some(other) => panic!("`language` is not an array of tables: {other}"),
+        None => Vec::new(),
+    }
+}
+
+fn language_name(lang: &Table) -> Result<&str, String> {
+    lang.get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("a [[language]] entry has no string `name`: {lang:?}"))
+}
+
+/// The one `[[language]]` entry with this name.
+fn find_language<'a>(langs: &'a [Table], name: &str) -> Result<&'a Table, String> {
+    let found: Vec<&Table> = langs
+        .iter()
+        .filter(|l| language_name(l).ok() == Some(name))
+        .collect();
+    match found.len() {
+        1 => Ok(found[0]),
+        0 => Err(format!("languages.toml has no [[language]] named {name:?}")),
+        n => Err(format!(
+            "languages.toml has {n} [[language]] entries named {name:?}"
+        )),
+    }
+}
+
+fn servers_of<'a>(lang: &'a Table, name: &str) -> Result<&'a Vec<Value>, String> {
+    lang.get("language-servers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("{name}: no `language-servers` array"))
+}
+
+/// A server entry is either its name or a table such as
+/// `{ name = "x", except-features = [...] }`.
+fn server_name(entry: &Value) -> Option<&str> {
+    match entry {
+        Value::String(s) => Some(s),
+        Value::Table(t) => t.get("name").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+/// The `[languages]` table of defaults.toml: language name -> Helix's default server list.
+fn defaults(src: &str) -> Result<Table, String> {
+    let doc = parse(src, "defaults.toml");
+    match doc.get("languages") {
+        Some(Value::Table(t)) if !t.is_empty() => Ok(t.clone()),
+        _ => Err("defaults.toml has no non-empty [languages] table".into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checks
+
+/// `[language-server.duet]` starts `duet-lsp` and asks for peers as diagnostics.
+fn check_duet_server(languages: &str, _defaults: &str) -> Result<(), String> {
+    let doc = parse(languages, "languages.toml");
+    let duet = doc
+        .get("language-server")
+        .and_then(|s| s.get("duet"))
+        .and_then(Value::as_table)
+        .ok_or("languages.toml has no [language-server.duet] table")?;
+    match duet.get("command").and_then(Value::as_str) {
+        Some("duet-lsp") => {}
+        other => return Err(format!("duet's command is {other:?}, not \"duet-lsp\"")),
+    }
+    match duet.get("config").and_then(|c| c.get("peerDiagnostics")) {
+        Some(Value::Boolean(true)) => Ok(()),
+        other => Err(format!(
+            "duet's config.peerDiagnostics is {other:?}, not true (Helix shows peers only \
+             as diagnostics)"
+        )),
+    }
+}
+
+/// Every language in defaults.toml appears in languages.toml with exactly Helix's servers,
+/// in order and in the same form, followed by "duet"; and every language but `text` has its
+/// defaults recorded, so none can lose Helix's servers unnoticed.
+fn check_defaults_kept(languages_src: &str, defaults_src: &str) -> Result<(), String> {
+    let langs = languages(languages_src);
+    let defaults = defaults(defaults_src)?;
+    for (name, default) in &defaults {
+        let default = default
+            .as_array()
+            .ok_or_else(|| format!("defaults.toml: {name} is not an array"))?;
+        if default.is_empty() {
+            return Err(format!("defaults.toml: {name} has no servers"));
+        }
+        if default.iter().any(|s| server_name(s) == Some("duet")) {
+            return Err(format!(
+                "defaults.toml: {name} lists duet, which is not Helix's"
+            ));
+        }
+        let lang = find_language(&langs, name)?;
+        let servers = servers_of(lang, name)?;
+        let mut expected = default.clone();
+        expected.push(Value::String("duet".into()));
+        if *servers != expected {
+            return Err(format!(
+                "{name}: language-servers is {}, expected Helix's defaults then duet: {}",
+                Value::Array(servers.clone()),
+                Value::Array(expected)
+            ));
+        }
+    }
+    for lang in &langs {
+        let name = language_name(lang)?;
+        if name != "text" && !defaults.contains_key(name) {
+            return Err(format!(
+                "{name} is in languages.toml but its Helix defaults are not in defaults.toml"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A plain-text language for `.txt` files, with no glob that would take files from others.
+fn check_text_language(languages: &str, _defaults: &str) -> Result<(), String> {
+    let langs = self::languages(languages);
+    let text = find_language(&langs, "text")?;
+    if text.get("scope").and_then(Value::as_str) != Some("text.plain") {
+        return Err(format!(
+            "text: scope is {:?}, not \"text.plain\"",
+            text.get("scope")
+        ));
+    }
+    let file_types = text
+        .get("file-types")
+        .and_then(Value::as_array)
+        .ok_or("text: no file-types array")?;
+    if let Some(glob) = file_types.iter().find(|t| !t.is_str()) {
+        return Err(format!(
+            "text: file-types has a glob entry {glob}; it would take over other languages' files"
+        ));
+    }
+    if !file_types.iter().any(|t| t.as_str() == Some("txt")) {
+        return Err("text: file-types does not include \"txt\"".into());
+    }
+    match text.get("roots").and_then(Value::as_array) {
+        Some(roots) if roots.is_empty() => {}
+        other => return Err(format!("text: roots is {other:?}, not []")),
+    }
+    let servers = servers_of(text, "text")?;
+    if *servers != [Value::String("duet".into())] {
+        return Err(format!(
+            "text: language-servers is {}, not [\"duet\"]",
+            Value::Array(servers.clone())
+        ));
+    }
+    Ok(())
+}
+
+/// Every language has duet once, as its last server; only `text` has nothing but duet.
+fn check_duet_alone_only_for_text(languages: &str, _defaults: &str) -> Result<(), String> {
+    for lang in self::languages(languages) {
+        let name = language_name(&lang)?;
+        let servers = servers_of(&lang, name)?;
+        let names: Vec<Option<&str>> = servers.iter().map(server_name).collect();
+        if names.iter().filter(|n| **n == Some("duet")).count() != 1
+            || names.last() != Some(&Some("duet"))
+        {
+            return Err(format!("{name}: duet must be listed once, last: {names:?}"));
+        }
+        if names.len() == 1 && name != "text" {
+            return Err(format!(
+                "{name}: duet is its only server, which drops all of Helix's servers for it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The common languages are all configured, with their defaults recorded.
+fn check_common_languages(languages: &str, defaults_src: &str) -> Result<(), String> {
+    let names: BTreeSet<String> = self::languages(languages)
+        .iter()
+        .filter_map(|l| language_name(l).ok().map(str::to_owned))
+        .collect();
+    let defaults = defaults(defaults_src)?;
+    for lang in COMMON {
+        if !names.contains(*lang) {
+            return Err(format!("{lang} is missing from languages.toml"));
+        }
+        if !defaults.contains_key(*lang) {
+            return Err(format!("{lang} is missing from defaults.toml"));
+        }
+    }
+    Ok(())
+}
+
+/// The file defines duet and per-language server lists, nothing more: it redefines none of
+/// Helix's servers and, outside `text`, overrides no other language setting (a user's
+/// languages.toml is merged over Helix's, key by key).
+fn check_nothing_else_overridden(languages: &str, _defaults: &str) -> Result<(), String> {
+    let doc = parse(languages, "languages.toml");
+    for key in doc.keys() {
+        if key != "language-server" && key != "language" {
+            return Err(format!("languages.toml sets `{key}`"));
+        }
+    }
+    if let Some(servers) = doc.get("language-server").and_then(Value::as_table) {
+        if let Some(other) = servers.keys().find(|k| *k != "duet") {
+            return Err(format!("languages.toml redefines Helix's server {other:?}"));
+        }
+    }
+    for lang in self::languages(languages) {
+        let name = language_name(&lang)?;
+        if name == "text" {
+            continue;
+        }
+        if let Some(key) = lang
+            .keys()
+            .find(|k| *k != "name" && *k != "language-servers")
+        {
+            return Err(format!("{name}: overrides Helix's `{key}`"));
+        }
+    }
+    Ok(())
+}
+
+/// defaults.toml says which Helix it was taken from, in its data and its header comment.
+fn check_defaults_source(_languages: &str, defaults_src: &str) -> Result<(), String> {
+    let doc = parse(defaults_src, "defaults.toml");
+    let source = doc
+        .get("source")
+        .and_then(Value::as_table)
+        .ok_or("defaults.toml has no [source] table")?;
+    if source.get("helix").and_then(Value::as_str) != Some("25.07") {
+        return Err(format!(
+            "defaults.toml: source.helix is {:?}, not \"25.07\"",
+            source.get("helix")
+        ));
+    }
+    let commit = source
+        .get("commit")
+        .and_then(Value::as_str)
+        .ok_or("defaults.toml: no source.commit")?;
+    if commit.len() != 40 || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "defaults.toml: source.commit {commit:?} is not a full commit id"
+        ));
+    }
+    let header: String = defaults_src
+        .lines()
+        .take_while(|l| l.starts_with('#') || l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in ["Helix 25.07", "helix-editor/helix", commit] {
+        if !header.contains(needle) {
+            return Err(format!(
+                "defaults.toml: the header comment does not name {needle:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shipped files pass every check
+
+fn assert_ok(check: Check) {
+    let (languages, defaults) = shipped();
+    if let Err(e) = check(&languages, &defaults) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn duet_is_defined_as_duet_lsp_with_peer_diagnostics() {
+    assert_ok(check_duet_server);
+}
+
+#[test]
+fn every_language_keeps_helix_defaults_in_order_then_duet() {
+    assert_ok(check_defaults_kept);
+}
+
+#[test]
+fn text_is_a_plain_text_language_without_globs() {
+    assert_ok(check_text_language);
+}
+
+#[test]
+fn no_language_but_text_has_duet_as_its_only_server() {
+    assert_ok(check_duet_alone_only_for_text);
+}
+
+#[test]
+fn the_common_languages_are_all_configured() {
+    assert_ok(check_common_languages);
+}
+
+#[test]
+fn nothing_but_server_lists_is_overridden() {
+    assert_ok(check_nothing_else_overridden);
+}
+
+#[test]
+fn defaults_name_the_helix_version_and_commit_they_come_from() {
+    assert_ok(check_defaults_source);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broken copies of the files are caught
+
+/// `src` with its only occurrence of `from` replaced by `to` (so a mutation that no longer
+/// applies fails loudly instead of testing nothing).
+fn replace_once(src: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        src.matches(from).count(),
+        1,
+        "expected {from:?} exactly once"
+    );
+    src.replacen(from, to, 1)
+}
+
+/// The shipped `[[language]]` entry for `name`: its name and language-servers lines.
+fn entry(languages: &str, name: &str) -> String {
+    let head = format!("name = \"{name}\"\n");
+    let start = languages
+        .find(&head)
+        .unwrap_or_else(|| panic!("{name} not found"));
+    let servers = languages[start..]
+        .lines()
+        .find(|l| l.starts_with("language-servers"))
+        .unwrap();
+    format!("{head}{servers}")
+}
+
+/// languages.toml with `name`'s server list replaced by `servers` (TOML source).
+fn with_servers(languages: &str, name: &str, servers: &str) -> String {
+    replace_once(
+        languages,
+        &entry(languages, name),
+        &format!("name = \"{name}\"\nlanguage-servers = {servers}"),
+    )
+}
+
+/// `check` fails on languages.toml broken by `break_it`, and the broken file still parses (so
+/// it is the check that fails, not the parser).
+fn assert_caught(check: Check, what: &str, break_it: impl Fn(&str) -> String) {
+    let (languages, defaults) = shipped();
+    let broken = break_it(&languages);
+    parse(&broken, "the broken languages.toml");
+    assert!(check(&broken, &defaults).is_err(), "missed: {what}");
+}
+
+#[test]
+fn dropping_reordering_or_changing_a_default_server_is_caught() {
+    let (languages, _) = shipped();
+    assert_eq!(
+        entry(&languages, "python"),
+        "name = \"python\"\nlanguage-servers = [\"ty\", \"ruff\", \"jedi\", \"pylsp\", \"duet\"]"
+    );
+    let broken = [
+        (
+            "a dropped default server",
+            r#"["ty", "ruff", "pylsp", "duet"]"#,
+        ),
+        (
+            "reordered default servers",
+            r#"["ruff", "ty", "jedi", "pylsp", "duet"]"#,
+        ),
+        (
+            "an extra server",
+            r#"["ty", "ruff", "jedi", "pylsp", "pyright", "duet"]"#,
+        ),
+        ("duet left out", r#"["ty", "ruff", "jedi", "pylsp"]"#),
+        ("duet first", r#"["duet", "ty", "ruff", "jedi", "pylsp"]"#),
+        (
+            "a server as a table",
+            r#"["ty", { name = "ruff" }, "jedi", "pylsp", "duet"]"#,
+        ),
+    ];
+    for (what, servers) in broken {
+        assert_caught(check_defaults_kept, what, |l| {
+            with_servers(l, "python", servers)
+        });
+    }
+    assert_caught(check_defaults_kept, "python removed", |l| {
+        replace_once(
+            l,
+            &format!("\n[[language]]\n{}\n", entry(l, "python")),
+            "\n",
+        )
+    });
+    assert_caught(
+        check_defaults_kept,
+        "a language with no defaults recorded",
+        |l| format!("{l}\n[[language]]\nname = \"sql\"\nlanguage-servers = [\"sqls\", \"duet\"]\n"),
+    );
+}
+
+#[test]
+fn a_default_in_table_form_must_be_copied_exactly() {
+    let (languages, defaults) = shipped();
+    let table = r#"{ name = "typescript-language-server", except-features = ["format"] }"#;
+    let tabled_defaults = replace_once(
+        &defaults,
+        "typescript = [\"typescript-language-server\"]",
+        &format!("typescript = [{table}]"),
+    );
+    assert!(
+        check_defaults_kept(&languages, &tabled_defaults).is_err(),
+        "a table-form default written as its plain name was missed"
+    );
+    let other_features = table.replace("format", "hover");
+    let wrong = with_servers(
+        &languages,
+        "typescript",
+        &format!("[{other_features}, \"duet\"]"),
+    );
+    assert!(
+        check_defaults_kept(&wrong, &tabled_defaults).is_err(),
+        "a table-form default with other features was missed"
+    );
+    let right = with_servers(&languages, "typescript", &format!("[{table}, \"duet\"]"));
+    assert_eq!(check_defaults_kept(&right, &tabled_defaults), Ok(()));
+    assert_eq!(
+        check_duet_alone_only_for_text(&right, &tabled_defaults),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_wrong_duet_server_is_caught() {
+    assert_caught(check_duet_server, "another command", |l| {
+        replace_once(l, r#"command = "duet-lsp""#, r#"command = "duet""#)
+    });
+    assert_caught(check_duet_server, "peer diagnostics off", |l| {
+        replace_once(l, "peerDiagnostics = true", "peerDiagnostics = false")
+    });
+    assert_caught(check_duet_server, "no config", |l| {
+        replace_once(l, "config = { peerDiagnostics = true }", "")
+    });
+    assert_caught(check_duet_server, "no duet server", |l| {
+        replace_once(l, "[language-server.duet]", "[language-server.duet-lsp]")
+    });
+}
+
+#[test]
+fn a_broken_text_language_is_caught() {
+    let broken = [
+        (
+            "a catch-all glob",
+            r#"file-types = ["txt"]"#,
+            r#"file-types = ["txt", { glob = "*" }]"#,
+        ),
+        (
+            "another scope",
+            r#"scope = "text.plain""#,
+            r#"scope = "source.text""#,
+        ),
+        (
+            "no txt",
+            r#"file-types = ["txt"]"#,
+            r#"file-types = ["text"]"#,
+        ),
+        ("root markers", "roots = []", r#"roots = [".git"]"#),
+        (
+            "no text language",
+            "name = \"text\"\n",
+            "name = \"plaintext\"\n",
+        ),
+        (
+            "another server",
+            r#"name = "text"
+scope = "text.plain"
+file-types = ["txt"]
+roots = []
+language-servers = ["duet"]"#,
+            r#"name = "text"
+scope = "text.plain"
+file-types = ["txt"]
+roots = []
+language-servers = ["harper-ls", "duet"]"#,
+        ),
+    ];
+    for (what, from, to) in broken {
+        assert_caught(check_text_language, what, |l| replace_once(l, from, to));
+    }
+}
+
+#[test]
+fn duet_alone_outside_text_is_caught() {
+    assert_caught(check_duet_alone_only_for_text, "rust with duet only", |l| {
+        with_servers(l, "rust", r#"["duet"]"#)
+    });
+    assert_caught(
+        check_duet_alone_only_for_text,
+        "a new duet-only language",
+        |l| format!("{l}\n[[language]]\nname = \"sql\"\nlanguage-servers = [\"duet\"]\n"),
+    );
+    assert_caught(check_duet_alone_only_for_text, "duet twice", |l| {
+        with_servers(l, "rust", r#"["rust-analyzer", "duet", "duet"]"#)
+    });
+    assert_caught(check_duet_alone_only_for_text, "duet not last", |l| {
+        with_servers(l, "rust", r#"["duet", "rust-analyzer"]"#)
+    });
+}
+
+#[test]
+fn a_missing_common_language_is_caught() {
+    assert_caught(check_common_languages, "lua removed", |l| {
+        replace_once(l, &format!("\n[[language]]\n{}\n", entry(l, "lua")), "\n")
+    });
+    let (languages, defaults) = shipped();
+    let no_lua_default = replace_once(&defaults, "lua = [\"lua-language-server\"]\n", "");
+    assert!(check_common_languages(&languages, &no_lua_default).is_err());
+}
+
+#[test]
+fn overriding_other_settings_is_caught() {
+    assert_caught(
+        check_nothing_else_overridden,
+        "go's file types replaced",
+        |l| {
+            let go = entry(l, "go");
+            replace_once(
+                l,
+                &go,
+                &format!("{go}\nfile-types = [\"go\", {{ glob = \"*\" }}]"),
+            )
+        },
+    );
+    assert_caught(
+        check_nothing_else_overridden,
+        "a Helix server redefined",
+        |l| format!("{l}\n[language-server.gopls]\ncommand = \"gopls\"\n"),
+    );
+    assert_caught(check_nothing_else_overridden, "a top-level setting", |l| {
+        format!("use-grammars = {{ only = [\"rust\"] }}\n{l}")
+    });
+}
+
+#[test]
+fn defaults_without_their_source_are_caught() {
+    let (languages, defaults) = shipped();
+    let doc = parse(&defaults, "defaults.toml");
+    let commit = doc["source"]["commit"].as_str().unwrap().to_owned();
+    let short = replace_once(
+        &defaults,
+        &format!("commit = \"{commit}\""),
+        &format!("commit = \"{}\"", &commit[..8]),
+    );
+    assert!(
+        check_defaults_source(&languages, &short).is_err(),
+        "a short commit id was missed"
+    );
+    let other_version = replace_once(&defaults, "helix = \"25.07\"", "helix = \"25.01\"");
+    assert!(
+        check_defaults_source(&languages, &other_version).is_err(),
+        "another Helix version was missed"
+    );
+    let no_header: String = defaults
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        check_defaults_source(&languages, &no_header).is_err(),
+        "a missing header comment was missed"
+    );
+}
