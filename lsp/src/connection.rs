@@ -1,14 +1,21 @@
 //! The WebSocket to the room server: connects, reconnects with backoff, and passes frames
-//! both ways. It knows nothing of their meaning: the session task owns the replica and reacts
-//! to [`NetEvent`]s, which carry the generation of the connection they come from so that
-//! events of a connection the session has dropped are recognised and ignored.
+//! both ways. The session task owns the replica and reacts to [`NetEvent`]s.
+//!
+//! Outgoing frames are paced: at most [`SEND_RATE`] messages a second (the server closes a
+//! connection that sends much faster). Whatever queues up meanwhile — a macro replayed at
+//! thousands of keystrokes a second — is merged: all document updates into one, and only the
+//! latest presence. Ordinary typing never waits.
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::tungstenite::Error as WsError;
+use yrs::sync::{Message as YMessage, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
 
 /// What happened on the wire.
 #[derive(Debug)]
@@ -47,6 +54,8 @@ impl Connection {
     }
 }
 
+/// Messages per second we send at most, in bursts of as many: half the server's default limit.
+pub const SEND_RATE: u32 = 100;
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 
@@ -58,16 +67,29 @@ async fn run(url: String, mut frames: mpsc::UnboundedReceiver<Vec<u8>>, emit: im
                 backoff = FIRST_RETRY;
                 emit(NetEvent::Connected);
                 let (mut sink, mut stream) = socket.split();
+                let mut pace = Pace::new();
                 let ended = loop {
                     tokio::select! {
-                        frame = frames.recv() => match frame {
-                            Some(frame) => {
+                        frame = frames.recv() => {
+                            let Some(frame) = frame else { return };
+                            // Wait for the pace, then take everything that queued meanwhile.
+                            pace.ready().await;
+                            let mut batch = vec![frame];
+                            while let Ok(more) = frames.try_recv() {
+                                batch.push(more);
+                            }
+                            let mut failed = None;
+                            for frame in coalesce(batch) {
+                                pace.spend();
                                 if let Err(e) = sink.send(Message::Binary(frame.into())).await {
-                                    break Ended::Lost(e.to_string());
+                                    failed = Some(e.to_string());
+                                    break;
                                 }
                             }
-                            None => return,
-                        },
+                            if let Some(e) = failed {
+                                break Ended::Lost(e);
+                            }
+                        }
                         incoming = stream.next() => match incoming {
                             Some(Ok(Message::Binary(data))) => emit(NetEvent::Frame(data.to_vec())),
                             Some(Ok(Message::Close(frame))) => {
@@ -118,7 +140,115 @@ enum Ended {
     Lost(String),
 }
 
-/// Close codes after which reconnecting would only repeat the refusal.
+/// Close codes after which reconnecting would only repeat the refusal: our data was refused
+/// as malformed (1007) or too large (1009), or the room is gone. A rate limit (1008) is not:
+/// the re-sync after reconnecting carries what was refused.
 fn is_final(code: u16, reason: &str) -> bool {
-    matches!(code, 1007..=1009) || reason == "room deleted"
+    matches!(code, 1007 | 1009) || reason == "room deleted"
+}
+
+/// A token bucket of [`SEND_RATE`] messages a second.
+struct Pace {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            tokens: f64::from(SEND_RATE),
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let rate = f64::from(SEND_RATE);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
+        self.last = now;
+    }
+
+    /// Waits until a message may go.
+    async fn ready(&mut self) {
+        self.refill();
+        if self.tokens < 1.0 {
+            let wait = (1.0 - self.tokens) / f64::from(SEND_RATE);
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            self.refill();
+        }
+    }
+
+    fn spend(&mut self) {
+        self.tokens -= 1.0;
+    }
+}
+
+/// Merges a batch of queued frames: every document update into one update (Yjs updates
+/// commute, so their order does not matter), the latest presence only, other messages as
+/// they are.
+pub fn coalesce(frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    if frames.len() < 2 {
+        return frames;
+    }
+    let mut updates = Vec::new();
+    let mut presence = None;
+    let mut out = Vec::new();
+    for frame in frames {
+        match YMessage::decode_v1(&frame) {
+            Ok(YMessage::Sync(SyncMessage::Update(update))) => updates.push(update),
+            Ok(YMessage::Awareness(_)) => presence = Some(frame),
+            _ => out.push(frame),
+        }
+    }
+    match updates.len() {
+        0 => {}
+        1 => out.push(YMessage::Sync(SyncMessage::Update(updates.remove(0))).encode_v1()),
+        _ => match yrs::merge_updates_v1(&updates) {
+            Ok(merged) => out.push(YMessage::Sync(SyncMessage::Update(merged)).encode_v1()),
+            // Cannot happen for updates we encoded ourselves; send them one by one if it does.
+            Err(_) => out.extend(
+                updates
+                    .into_iter()
+                    .map(|u| YMessage::Sync(SyncMessage::Update(u)).encode_v1()),
+            ),
+        },
+    }
+    out.extend(presence);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::Replica;
+    use crate::shadow::Splice;
+
+    #[test]
+    fn a_burst_of_updates_and_presence_becomes_one_of_each() {
+        let mut replica = Replica::new();
+        let mut frames = vec![replica.create("a.txt", "")];
+        replica.link("a.txt");
+        for i in 0..500 {
+            let splice = Splice {
+                index: i,
+                delete: 0,
+                insert: "x".into(),
+            };
+            frames.push(replica.edit("a.txt", &[splice]).unwrap());
+            if i % 50 == 0 {
+                frames.push(
+                    replica
+                        .set_presence(&serde_json::json!({"cursor": i}))
+                        .unwrap(),
+                );
+            }
+        }
+        let merged = coalesce(frames);
+        assert_eq!(merged.len(), 2, "one update and one presence");
+        let mut other = Replica::new();
+        other.receive(&merged[0]).unwrap();
+        other.receive(&merged[1]).unwrap();
+        assert_eq!(other.text("a.txt").unwrap(), "x".repeat(500));
+        assert_eq!(other.peers().len(), 1);
+    }
 }

@@ -800,6 +800,7 @@ impl Session {
             listed.push(entry);
         }
         self.notify::<PeersNotification>(json!({"peers": listed}));
+        self.status();
         if self.settings.peer_diagnostics.unwrap_or(false) {
             let stale: Vec<Url> = self
                 .peer_diagnostics

@@ -6,6 +6,7 @@
 //! `DUET_TEST_DATABASE_URL`; tests that stop the database start a private cluster of their own
 //! ([`pg::Cluster`]). Every process a test starts is killed when its handle drops.
 
+pub mod editor;
 pub mod node;
 pub mod pg;
 pub mod server;

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use duet_e2e::editor::{
-    converge, wait_server_file, Encoding, FakeEditor, Kind, Pos, WAIT,
-};
+use duet_e2e::editor::{converge, wait_server_file, Encoding, FakeEditor, Kind, Pos, WAIT};
 use duet_e2e::server::{Backend, Database, Server};
 use duet_e2e::yclient::YClient;
 use serde_json::json;
@@ -58,7 +56,14 @@ async fn pair_typing_converges(ka: Kind, kb: Kind) {
         a.type_text("main.py", chars("# shared\nA:"), &pa),
         b.type_text("main.py", chars("# shared\nA:\nB:"), &pb),
     );
-    let text = converge(&server, &room, "main.py", &[&a, &b], Duration::from_secs(30)).await;
+    let text = converge(
+        &server,
+        &room,
+        "main.py",
+        &[&a, &b],
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(text, format!("# shared\nA:{pa}\nB:{pb}\n"));
 }
 
@@ -140,12 +145,21 @@ async fn five_thousand_back_to_back_changes_arrive_in_order() {
         .join(&server, &room, "burst.txt")
         .await;
     let alphabet: Vec<char> = "abcdefghij é世🎉\nxyz0123456789".chars().collect();
-    let typed: String = (0..5000).map(|i| alphabet[(i * 7) % alphabet.len()]).collect();
+    let typed: String = (0..5000)
+        .map(|i| alphabet[(i * 7) % alphabet.len()])
+        .collect();
     a.type_burst_at_end("burst.txt", &typed);
     let expected = format!("{initial}{typed}");
     assert_eq!(a.text("burst.txt"), expected);
     assert!(a.stats().did_change_sent >= 5000);
-    let text = converge(&server, &room, "burst.txt", &[&a, &b], Duration::from_secs(90)).await;
+    let text = converge(
+        &server,
+        &room,
+        "burst.txt",
+        &[&a, &b],
+        Duration::from_secs(90),
+    )
+    .await;
     assert_eq!(text, expected);
 }
 
@@ -162,7 +176,8 @@ async fn positions_round_trip(kind: Kind, offered: Option<&[&str]>, expected: En
         .await;
     assert_eq!(ed.encoding(), expected, "negotiated encoding");
     let peer = YClient::join(&server.ws_url(&room)).await;
-    let wait = |text: &'static str| wait_server_file(&server, &room, path, text, WAIT, &[&ed]);
+    let eds = [&ed];
+    let wait = |text: &'static str| wait_server_file(&server, &room, path, text, WAIT, &eds);
 
     // The editor inserts right after an emoji.
     ed.insert(path, 2, "Z");
@@ -220,7 +235,7 @@ async fn utf32_positions_round_trip_with_astral_and_cjk() {
 async fn position_encoding_is_negotiated_per_editor() {
     let (_db, server) = start().await;
     let path = "enc.txt";
-    let room = server.create_room_with(&[(path, "🎉\n")]).await;
+    let room = server.create_room_with(&[(path, "🎉\n🎉\n🎉\n")]).await;
     let mut editors = Vec::new();
     for kind in Kind::ALL {
         let ed = FakeEditor::builder(kind)
@@ -240,19 +255,22 @@ async fn position_encoding_is_negotiated_per_editor() {
         }
         editors.push(ed);
     }
-    // All three type after the emoji at once.
-    let line = |k: &str| format!("{k}:🎉世{k}\n");
+    // All three type at once, each after the emoji of its own line.
+    let lines: Vec<String> = ["v", "n", "h"]
+        .iter()
+        .map(|k| format!("{k}:é世🎉{k}"))
+        .collect();
     tokio::join!(
-        editors[0].type_text(path, 1, &line("v")),
-        editors[1].type_text(path, 1, &line("n")),
-        editors[2].type_text(path, 1, &line("h")),
+        editors[0].type_text(path, 1, &lines[0]),
+        editors[1].type_text(path, 3, &lines[1]),
+        editors[2].type_text(path, 5, &lines[2]),
     );
     let refs: Vec<&FakeEditor> = editors.iter().collect();
     let text = converge(&server, &room, path, &refs, Duration::from_secs(20)).await;
-    for k in ["v", "n", "h"] {
-        assert!(text.contains(&line(k)), "{k}'s line is not whole in {text:?}");
-    }
-    assert_eq!(chars(&text), chars("🎉\n") + 3 * chars(&line("v")));
+    assert_eq!(
+        text,
+        format!("🎉{}\n🎉{}\n🎉{}\n", lines[0], lines[1], lines[2])
+    );
 }
 
 /// A position past the end of a line or of the document in a `didChange`: LSP says it means
@@ -288,7 +306,10 @@ async fn out_of_range_position_does_not_crash_and_texts_converge() {
     ed.insert(path, 0, "# ok\n");
     other.insert(path, 0, "# too\n");
     let text = converge(&server, &room, path, &[&ed, &other], WAIT).await;
-    assert!(text.contains("# ok\n") && text.contains("# too\n"), "{text:?}");
+    assert!(
+        text.contains("# ok\n") && text.contains("# too\n"),
+        "{text:?}"
+    );
     assert!(text.contains("abc🎉X\ndY\n"), "{text:?}");
-    assert!(ed.shutdown().await, "clean shutdown\n{}", ed.report());
+    assert!(ed.shutdown().await.answered, "shutdown answered\n{}", ed.report());
 }
