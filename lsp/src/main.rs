@@ -1,10 +1,16 @@
 //! `duet-lsp`: started by the editor, speaks LSP on stdin/stdout. Logs go to stderr, or to the
 //! file named by `DUET_LOG_FILE` — never to stdout, which is the LSP channel.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use duet_lsp::backend::Backend;
 use duet_lsp::session::Session;
 use tokio::sync::mpsc;
-use tower_lsp::{LspService, Server};
+use tower_lsp::jsonrpc::{Request, Response};
+use tower_lsp::{ExitedError, LspService, Server};
+use tower_service::Service;
 
 #[tokio::main]
 async fn main() {
@@ -16,9 +22,57 @@ async fn main() {
     })
     .custom_method("duet/cursor", Backend::cursor)
     .finish();
+    let service = ExitOnExit {
+        inner: service,
+        shut_down: Arc::default(),
+    };
     Server::new(tokio::io::stdin(), tokio::io::stdout(), socket)
         .serve(service)
         .await;
+}
+
+/// Ends the process on the `exit` notification. tower-lsp would only stop once stdin closes,
+/// and editors (VS Code) count a server that lingers after `exit` as hung. The exit code is
+/// 0 after a `shutdown` request, 1 without one, as the LSP specification says.
+struct ExitOnExit<S> {
+    inner: S,
+    shut_down: Arc<AtomicBool>,
+}
+
+impl<S> Service<Request> for ExitOnExit<S>
+where
+    S: Service<Request, Response = Option<Response>, Error = ExitedError>,
+    S::Future: Send + 'static,
+{
+    type Response = Option<Response>;
+    type Error = ExitedError;
+    type Future = futures_util::future::BoxFuture<'static, Result<Option<Response>, ExitedError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExitedError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let method = request.method().to_string();
+        let shut_down = self.shut_down.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            match method.as_str() {
+                "shutdown" => shut_down.store(true, Ordering::SeqCst),
+                "exit" => {
+                    tracing::info!("exit");
+                    std::process::exit(if shut_down.load(Ordering::SeqCst) {
+                        0
+                    } else {
+                        1
+                    });
+                }
+                _ => {}
+            }
+            response
+        })
+    }
 }
 
 fn init_tracing() {

@@ -183,6 +183,8 @@ enum Flight {
     Sent {
         edit: Edit,
         op: Operation,
+        /// The same change as the CRDT placed it, before `addressable` moved it.
+        placed: Operation,
         expected: Rope,
     },
     /// The user changed the text before the echo came, but the edit went out with a version
@@ -323,8 +325,13 @@ impl Shadow {
         let Some((first, _, rest)) = self.pending.split_first_edit() else {
             return Ok(None);
         };
+        let len = self.shadow.len_chars();
+        // The hunk as the CRDT placed it: what goes back into `pending` if the edit is void.
+        // The form sent may be moved (see `addressable`), which would change how it orders
+        // against the user's concurrent typing at the same place.
+        let placed = Operation::replace(len, first.start, first.end, &first.text)?;
         let edit = self.addressable(first);
-        let op = Operation::replace(self.shadow.len_chars(), edit.start, edit.end, &edit.text)?;
+        let op = Operation::replace(len, edit.start, edit.end, &edit.text)?;
         let expected = op.apply(&self.shadow)?;
         let (range, _) =
             encoding::chars_to_range(&self.shadow, edit.start..edit.end, self.encoding);
@@ -338,6 +345,7 @@ impl Shadow {
             state: Flight::Sent {
                 edit: edit.clone(),
                 op,
+                placed,
                 expected,
             },
         });
@@ -363,11 +371,12 @@ impl Shadow {
             return Ok(());
         }
         if let Some(InFlight {
-            state: Flight::Sent { op, .. },
+            state: Flight::Sent { placed, .. },
             ..
         }) = self.in_flight.take()
         {
-            self.pending = op.compose(&self.pending)?;
+            // As placed by the CRDT, not as moved for sending: see `next_apply_edit`.
+            self.pending = placed.compose(&self.pending)?;
             // Nothing came from the editor since we sent it, yet the version was stale.
             self.blocked_by_rejection = true;
         }
@@ -492,9 +501,9 @@ impl Shadow {
         let Some(mut flight) = self.in_flight.take() else {
             return Ok(());
         };
-        if let Flight::Sent { op, .. } = &flight.state {
+        if let Flight::Sent { placed, .. } = &flight.state {
             // `pending` goes back to starting from the shadow.
-            self.pending = op.compose(&self.pending)?;
+            self.pending = placed.compose(&self.pending)?;
             if flight.unchecked() {
                 flight.state = Flight::Displaced;
                 self.in_flight = Some(flight);
@@ -686,6 +695,64 @@ mod tests {
             r.insert(start, &sp.insert);
         }
         r
+    }
+
+    #[test]
+    fn typing_before_the_final_line_break_stays_before_a_voided_appended_line() {
+        // A peer appends "tail\n" after the final line break; the user types at the end of
+        // the last line while that edit is on its way. The edit is sent moved before the final
+        // break ("\ntail"), but when it is void it must go back where the CRDT put it: after
+        // the break, so after what the user typed.
+        let editor = "3\n";
+        let mut s = Shadow::new(editor, 1, Utf16);
+        remote(&mut s, 2, 2, "tail\n");
+        let sent = s.next_apply_edit().unwrap().unwrap();
+        assert_eq!(
+            (sent.range, sent.new_text.as_str()),
+            (lsp_range((0, 1), (0, 1)), "\ntail")
+        );
+        let typed = change_on(editor, 1, 1, "y", Utf16);
+        s.editor_changed(2, &[typed]).unwrap();
+        s.apply_edit_answered(sent.id, false).unwrap();
+        let again = s.next_apply_edit().unwrap().unwrap();
+        assert_eq!(apply("3y\n", &again, Utf16), "3y\ntail\n");
+    }
+
+    #[test]
+    fn multi_cursor_typing_keeps_a_voided_appended_line_after_it() {
+        let editor = "1🎉a\n2世b\n3\n";
+        let mut s = Shadow::new(editor, 2, Utf16);
+        let len = s.crdt_text().len_chars();
+        remote(&mut s, len, len, "tail\n");
+        let sent = s.next_apply_edit().unwrap().unwrap();
+        let changes = [
+            ch(Some(lsp_range((2, 1), (2, 1))), "y"),
+            ch(Some(lsp_range((1, 2), (1, 2))), "x"),
+            ch(Some(lsp_range((0, 0), (0, 1))), ""),
+        ];
+        for change in &changes {
+            s.editor_changed(3, std::slice::from_ref(change)).unwrap();
+        }
+        s.apply_edit_answered(sent.id, false).unwrap();
+        let again = s.next_apply_edit().unwrap().unwrap();
+        assert_eq!(
+            apply("🎉a\n2世xb\n3y\n", &again, Utf16),
+            "🎉a\n2世xb\n3y\ntail\n"
+        );
+    }
+
+    #[test]
+    fn a_rejection_answered_before_the_typing_arrives_keeps_the_appended_line_after_it() {
+        // The reply and the didChange travel different paths inside the bridge: the
+        // rejection may be handled first.
+        let mut s = Shadow::new("a\n", 1, Utf16);
+        remote(&mut s, 2, 2, "b\n");
+        let sent = s.next_apply_edit().unwrap().unwrap();
+        s.apply_edit_answered(sent.id, false).unwrap();
+        s.editor_changed(2, &[change_on("a\n", 1, 1, "X", Utf16)])
+            .unwrap();
+        let again = s.next_apply_edit().unwrap().unwrap();
+        assert_eq!(apply("aX\n", &again, Utf16), "aX\nb\n");
     }
 
     fn assert_converged(s: &Shadow, editor: &str) {
