@@ -182,8 +182,7 @@ enum Flight {
     /// turning `shadow` into `expected` by `op`. `pending` is then from `expected` to the CRDT.
     Sent {
         edit: Edit,
-        op: Operation,
-        /// The same change as the CRDT placed it, before `addressable` moved it.
+        /// The change as the CRDT placed it, before `addressable` moved it for sending.
         placed: Operation,
         expected: Rope,
     },
@@ -344,7 +343,6 @@ impl Shadow {
             new_text: edit.text.clone(),
             state: Flight::Sent {
                 edit: edit.clone(),
-                op,
                 placed,
                 expected,
             },
