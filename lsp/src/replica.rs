@@ -84,9 +84,7 @@ impl Replica {
     pub fn hello(&self) -> Vec<Vec<u8>> {
         let sv = self.doc().transact().state_vector();
         let mut frames = vec![Message::Sync(SyncMessage::SyncStep1(sv)).encode_v1()];
-        if let Ok(update) = self.awareness.update() {
-            frames.push(Message::Awareness(update).encode_v1());
-        }
+        frames.extend(self.own_presence());
         frames
     }
 
@@ -123,7 +121,9 @@ impl Replica {
         let mut txn = self.doc().transact_mut();
         txn.apply_update(update)
             .map_err(|e| format!("invalid update: {e}"))?;
-        Ok(txn.has_changes())
+        let (changed, waiting) = (txn.has_changes(), txn.store().pending_update().is_some());
+        tracing::debug!(changed, waiting, "remote update applied");
+        Ok(changed)
     }
 
     /// The changes peers made to linked files since the last call.
@@ -230,10 +230,15 @@ impl Replica {
     /// Sets our presence. Returns the frame to send.
     pub fn set_presence(&mut self, state: &serde_json::Value) -> Option<Vec<u8>> {
         self.awareness.set_local_state_raw(state.to_string());
-        self.awareness
-            .update()
-            .ok()
-            .map(|u| Message::Awareness(u).encode_v1())
+        self.own_presence()
+    }
+
+    /// Our presence alone. (`Awareness::update` would carry every state we know of, and the
+    /// server would take them all for ours and remove them all when we leave.)
+    fn own_presence(&self) -> Option<Vec<u8>> {
+        let me = self.awareness.client_id();
+        let update = self.awareness.update_with_clients([me]).ok()?;
+        Some(Message::Awareness(update).encode_v1())
     }
 
     /// Everyone else's presence, by client id.

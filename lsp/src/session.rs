@@ -102,10 +102,16 @@ struct Room {
     replica: Replica,
     link: Link,
     ever_synced: bool,
+    /// The user was told the server cannot be reached (once per join).
+    warned_unreachable: bool,
 }
+
+/// A message to the editor, queued for the outbox task.
+type Outgoing = Box<dyn FnOnce(Client) -> futures_util::future::BoxFuture<'static, ()> + Send>;
 
 pub struct Session {
     client: Client,
+    outbox: mpsc::UnboundedSender<Outgoing>,
     events: mpsc::UnboundedSender<Event>,
     encoding: PositionEncoding,
     workspace: Workspace,
@@ -127,7 +133,15 @@ pub struct Session {
 
 impl Session {
     pub fn new(client: Client, events: mpsc::UnboundedSender<Event>) -> Session {
+        let (outbox, mut queued) = mpsc::unbounded_channel::<Outgoing>();
+        let sender = client.clone();
+        tokio::spawn(async move {
+            while let Some(message) = queued.recv().await {
+                message(sender.clone()).await;
+            }
+        });
         Session {
+            outbox,
             client,
             events,
             encoding: PositionEncoding::Utf16,
@@ -339,6 +353,7 @@ impl Session {
             replica,
             link: Link::Connecting,
             ever_synced: false,
+            warned_unreachable: false,
         });
         self.status();
     }
@@ -382,13 +397,23 @@ impl Session {
                 Err(e) => tracing::warn!(error = %e, "ignoring a frame from the server"),
             },
             NetEvent::Disconnected(reason) => {
-                if room.link == Link::Synced {
+                let message = if room.link == Link::Synced {
                     room.link = Link::Offline;
                     tracing::warn!(%reason, "offline");
-                    self.show(
-                        MessageType::WARNING,
-                        format!("duet: offline ({reason}). Keep typing: your edits are kept and sync when the server is back."),
-                    );
+                    Some(format!(
+                        "duet: offline ({reason}). Keep typing: your edits are kept and sync when the server is back."
+                    ))
+                } else if !room.ever_synced && !room.warned_unreachable {
+                    room.warned_unreachable = true;
+                    Some(format!(
+                        "duet: cannot reach {} ({reason}); still trying. Your edits are kept.",
+                        room.invite.server
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = message {
+                    self.show(MessageType::WARNING, message);
                     self.status();
                 }
             }
@@ -490,6 +515,8 @@ impl Session {
             self.show(kind, message);
         }
         self.flush(uri);
+        // Peers already in this file can be shown now; the room may also have a new file.
+        self.publish_peers();
     }
 
     /// Hands peers' changes to the documents they concern.
@@ -500,6 +527,7 @@ impl Session {
         let changes = room.replica.take_remote_changes();
         let mut touched: Vec<Url> = Vec::new();
         let mut broken: Vec<Url> = Vec::new();
+        tracing::debug!(changes = changes.len(), "remote changes");
         for (path, components) in changes {
             if !self
                 .docs
@@ -774,27 +802,38 @@ impl Session {
             let mut entry =
                 json!({"clientId": peer.client_id, "name": peer.name, "color": peer.color});
             if let Some((file, anchor, head)) = &peer.cursor {
-                if let Some((uri, doc)) = self
+                entry["path"] = json!(file);
+                let open = self
                     .docs
                     .iter()
-                    .find(|(_, d)| d.path.as_deref() == Some(file.as_str()))
-                {
-                    let text = doc.shadow.crdt_text();
-                    let position = |cu: u32| {
-                        let (c, _) = encoding::utf16_to_char(text, cu as usize);
-                        encoding::char_to_position(text, c, self.encoding).0
-                    };
-                    let (start, end) = (position(*anchor.min(head)), position(*anchor.max(head)));
-                    let range = Range::new(start, end);
-                    entry["uri"] = json!(uri);
-                    entry["range"] = json!(range);
-                    by_uri.entry(uri.clone()).or_default().push(Diagnostic {
-                        range: Range::new(position(*head), position(*head)),
-                        severity: Some(DiagnosticSeverity::HINT),
-                        source: Some("duet".into()),
-                        message: format!("{} is here", peer.name),
-                        ..Diagnostic::default()
-                    });
+                    .find(|(_, d)| d.path.as_deref() == Some(file.as_str()));
+                match open {
+                    Some((uri, doc)) => {
+                        let text = doc.shadow.crdt_text();
+                        let position = |cu: u32| {
+                            let (c, _) = encoding::utf16_to_char(text, cu as usize);
+                            encoding::char_to_position(text, c, self.encoding).0
+                        };
+                        let (anchor, head) = (position(*anchor), position(*head));
+                        entry["uri"] = json!(uri);
+                        entry["anchor"] = json!(anchor);
+                        entry["head"] = json!(head);
+                        entry["range"] = json!(Range::new(anchor.min(head), anchor.max(head)));
+                        by_uri.entry(uri.clone()).or_default().push(Diagnostic {
+                            range: Range::new(head, head),
+                            severity: Some(DiagnosticSeverity::HINT),
+                            source: Some("duet".into()),
+                            message: format!("{} is here", peer.name),
+                            ..Diagnostic::default()
+                        });
+                    }
+                    // Not open here: where the file would be, so that an editor can open it
+                    // to follow the peer (positions need the text, which the editor has then).
+                    None => {
+                        if let Ok(uri) = Url::from_file_path(self.workspace.root().join(file)) {
+                            entry["uri"] = json!(uri);
+                        }
+                    }
                 }
             }
             listed.push(entry);
@@ -825,8 +864,9 @@ impl Session {
     }
 
     fn publish_diagnostics(&self, uri: Url, diagnostics: Vec<Diagnostic>) {
-        let client = self.client.clone();
-        tokio::spawn(async move { client.publish_diagnostics(uri, diagnostics, None).await });
+        self.post(
+            move |client| async move { client.publish_diagnostics(uri, diagnostics, None).await },
+        );
     }
 
     // ----- completion ------------------------------------------------------------------------
@@ -1048,15 +1088,26 @@ impl Session {
         self.notify::<StatusNotification>(status);
     }
 
+    /// Queues a message to the editor. Messages go out one after another, in the order they
+    /// were queued (a spawned task each could overtake one another: "connected" after
+    /// "offline"), from a task of their own, so the session never waits for the editor.
+    fn post<F, Fut>(&self, message: F)
+    where
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let _ = self
+            .outbox
+            .send(Box::new(move |client| Box::pin(message(client))));
+    }
+
     fn show(&self, kind: MessageType, message: String) {
         tracing::info!(%message, "message to the user");
-        let client = self.client.clone();
-        tokio::spawn(async move { client.show_message(kind, message).await });
+        self.post(move |client| async move { client.show_message(kind, message).await });
     }
 
     fn notify<N: notification::Notification<Params = Value>>(&self, params: Value) {
-        let client = self.client.clone();
-        tokio::spawn(async move { client.send_notification::<N>(params).await });
+        self.post(move |client| async move { client.send_notification::<N>(params).await });
     }
 
     fn progress(&self, generation: u64, kind: &str, message: String) {
@@ -1071,17 +1122,20 @@ impl Session {
                 message: Some(message),
             }),
         };
-        let client = self.client.clone();
         let begin = kind == "begin";
-        tokio::spawn(async move {
+        self.post(move |client| async move {
             if begin {
-                // The token must exist before it is used; an editor that refuses just shows no spinner.
-                let created = client
-                    .send_request::<request::WorkDoneProgressCreate>(WorkDoneProgressCreateParams {
+                // The token must exist before it is used; an editor that refuses (or does not
+                // answer) just shows no spinner.
+                let create = client.send_request::<request::WorkDoneProgressCreate>(
+                    WorkDoneProgressCreateParams {
                         token: token.clone(),
-                    })
-                    .await;
-                if created.is_err() {
+                    },
+                );
+                if !matches!(
+                    tokio::time::timeout(Duration::from_secs(2), create).await,
+                    Ok(Ok(()))
+                ) {
                     return;
                 }
             }

@@ -296,15 +296,23 @@ impl Room {
         if near_limit {
             self.check_on_scratch_copy(state, bytes)?;
         }
-        let delta = {
+        let (delta, had_pending) = {
             let mut txn = state.awareness.doc().transact_mut();
+            // Parts of earlier updates may be waiting for what they build on (a peer's update
+            // can arrive before the one it follows, e.g. while peers re-sync after a restart).
+            // If this update completes them, its delta carries them too, and they came from
+            // someone else: then even this update's author must receive the delta.
+            let had_pending = txn.store().pending_update().is_some();
             txn.apply_update(update).map_err(|e| {
                 CloseReason::new(close::INVALID_DATA, format!("invalid update: {e}"))
             })?;
-            txn.has_changes().then(|| txn.encode_update_v1())
+            (
+                txn.has_changes().then(|| txn.encode_update_v1()),
+                had_pending,
+            )
         };
         let Some(delta) = delta else { return Ok(()) };
-        self.record(state, Some(peer), delta);
+        self.record(state, (!had_pending).then_some(peer), delta);
         let (sizes, invalid) = scan(state);
         state.sizes = sizes;
         if !invalid.is_empty() {
@@ -578,12 +586,18 @@ fn apply_awareness(
             format!("invalid awareness update: {e}"),
         )
     })?;
-    if let Some(p) = state.peers.get_mut(&peer) {
-        for (id, present) in clients {
-            if present {
-                p.clients.insert(id);
-            } else {
+    for (id, present) in clients {
+        // A client may relay states it knows of others too: only states no other connection
+        // announced are this connection's, to remove when it leaves.
+        let owned_elsewhere = state
+            .peers
+            .iter()
+            .any(|(other, p)| *other != peer && p.clients.contains(&id));
+        if let Some(p) = state.peers.get_mut(&peer) {
+            if !present {
                 p.clients.remove(&id);
+            } else if !owned_elsewhere {
+                p.clients.insert(id);
             }
         }
     }
@@ -640,4 +654,76 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::TextPrelim;
+
+    fn limits() -> Arc<Limits> {
+        Arc::new(Limits {
+            max_peers: 8,
+            max_message_bytes: 1 << 20,
+            max_file_bytes: 1 << 20,
+            max_room_bytes: 1 << 22,
+            max_files: 100,
+            max_messages_per_second: 1000,
+            send_queue: 64,
+        })
+    }
+
+    fn peer(room: &Room) -> (PeerId, mpsc::Receiver<Bytes>) {
+        let (frames, rx) = mpsc::channel(64);
+        let (kick, _) = oneshot::channel();
+        let (id, _) = room.join(PeerLink { frames, kick }).unwrap();
+        (id, rx)
+    }
+
+    fn update_frame(update: Vec<u8>) -> Vec<u8> {
+        Message::Sync(SyncMessage::Update(update)).encode_v1()
+    }
+
+    #[test]
+    fn an_update_that_completes_anothers_pending_one_reaches_its_author_too() {
+        let meta = RoomMeta {
+            id: Uuid::new_v4(),
+            name: None,
+            language: None,
+            token_hash: String::new(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let room = Room::load(meta, limits(), None, &[], &[]).unwrap();
+        let (ann, mut ann_frames) = peer(&room);
+        let (bob, _) = peer(&room);
+
+        // Ann's document: a file, then a line that builds on it.
+        let doc = Doc::new();
+        let files = doc.get_or_insert_map(FILES);
+        let first = {
+            let mut txn = doc.transact_mut();
+            files.insert(&mut txn, "a.txt", TextPrelim::new("start\n"));
+            txn.encode_update_v1()
+        };
+        let second = {
+            let mut txn = doc.transact_mut();
+            let Some(Out::YText(text)) = files.get(&txn, "a.txt") else {
+                panic!()
+            };
+            text.insert(&mut txn, 6, "more\n");
+            txn.encode_update_v1()
+        };
+        // Bob relays the second first: it waits for what it builds on.
+        room.receive(bob, &update_frame(second)).unwrap();
+        assert_eq!(room.file_text("a.txt"), None);
+        while ann_frames.try_recv().is_ok() {}
+        // Ann's first update completes it: the delta holds both, and Ann lacks Bob's part.
+        room.receive(ann, &update_frame(first)).unwrap();
+        assert_eq!(room.file_text("a.txt").as_deref(), Some("start\nmore\n"));
+        assert!(
+            ann_frames.try_recv().is_ok(),
+            "the completing author gets the delta"
+        );
+    }
 }

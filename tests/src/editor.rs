@@ -26,7 +26,9 @@
 //! inside a character, an `applyEdit` without a version, a non-JSON frame on stdout, ...) is
 //! recorded as a *violation*; [`converge`] fails on any.
 //!
-//! The bridge process is killed when the [`FakeEditor`] drops; every wait has a timeout.
+//! The bridge process is killed when the [`FakeEditor`] drops; every wait has a timeout. On a
+//! failure, the whole LSP trace and the bridge's log are written to `target/bridge-traces/`
+//! (the panic message names the file); `DUET_TRACE=1` also prints every message as it goes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -500,11 +502,12 @@ struct State {
     held_queue: VecDeque<(Value, Value)>,
     stats: Stats,
     trace: VecDeque<String>,
+    trace_dropped: usize,
     violations: Vec<String>,
     exited: bool,
 }
 
-const TRACE_LINES: usize = 4000;
+const TRACE_LINES: usize = 20_000;
 
 impl State {
     fn elapsed(&self) -> Duration {
@@ -512,9 +515,12 @@ impl State {
     }
 
     fn trace(&mut self, dir: &str, message: &str) {
+        if std::env::var_os("DUET_TRACE").is_some() {
+            eprintln!("[{}] {dir} {message}", self.label);
+        }
         let mut text = message.to_string();
-        if text.len() > 600 {
-            let mut cut = 600;
+        if text.len() > 2000 {
+            let mut cut = 2000;
             while !text.is_char_boundary(cut) {
                 cut -= 1;
             }
@@ -524,6 +530,7 @@ impl State {
         let line = format!("{:>9.3}s {dir} {text}", self.elapsed().as_secs_f64());
         if self.trace.len() >= TRACE_LINES {
             self.trace.pop_front();
+            self.trace_dropped += 1;
         }
         self.trace.push_back(line);
     }
@@ -1251,6 +1258,7 @@ impl FakeEditor {
                 held_queue: VecDeque::new(),
                 stats: Stats::default(),
                 trace: VecDeque::new(),
+                trace_dropped: 0,
                 violations: Vec::new(),
                 exited: false,
             })
@@ -1431,6 +1439,40 @@ impl FakeEditor {
             .join("\n")
     }
 
+    /// Writes the whole trace (up to its last 20,000 lines) and the bridge's log to
+    /// `target/bridge-traces/`, and returns the file's path.
+    pub fn dump(&self) -> PathBuf {
+        let dir = crate::workspace().join("target/bridge-traces");
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!(
+            "{}-{}-{}.txt",
+            self.label,
+            self.kind.name(),
+            uuid::Uuid::new_v4()
+        ));
+        let (trace, dropped, texts) = {
+            let s = self.lock();
+            let texts: Vec<String> = s
+                .docs
+                .values()
+                .map(|d| format!("{} (version {}): {:?}", d.path, d.version, d.text))
+                .collect();
+            (
+                s.trace.iter().cloned().collect::<Vec<_>>().join("\n"),
+                s.trace_dropped,
+                texts.join("\n"),
+            )
+        };
+        let body = format!(
+            "{} ({})\nbuffers:\n{texts}\n---- LSP trace ({dropped} earlier lines dropped)\n{trace}\n---- bridge log\n{}",
+            self.label,
+            self.kind.name(),
+            self.log()
+        );
+        let _ = std::fs::write(&path, body);
+        path
+    }
+
     /// Everything useful after a failure: stats, violations, the trace and the bridge's log.
     pub fn report(&self) -> String {
         let (stats, violations, status) = {
@@ -1440,11 +1482,12 @@ impl FakeEditor {
         let log = self.log();
         let log_tail: Vec<&str> = log.lines().rev().take(40).collect();
         format!(
-            "---- {} ({}), encoding {}, bridge alive: {}, stdout closed: {status}\nstats: {stats:?}\nviolations: {violations:#?}\n---- LSP trace (last 80):\n{}\n---- bridge log (last 40 lines):\n{}\n----",
+            "---- {} ({}), encoding {}, bridge alive: {}, stdout closed: {status}\nfull trace: {}\nstats: {stats:?}\nviolations: {violations:#?}\n---- LSP trace (last 80):\n{}\n---- bridge log (last 40 lines):\n{}\n----",
             self.label,
             self.kind.name(),
             self.encoding().name(),
             self.alive(),
+            self.dump().display(),
             self.trace_tail(80),
             log_tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
         )
@@ -1985,7 +2028,12 @@ pub async fn converge(
             }
         }
         if Instant::now() > deadline {
-            let mut report = format!("server: {served:?}\n");
+            let log = server.log();
+            let log_tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let mut report = format!(
+                "---- server log (last 30 lines)\n{}\nserver: {served:?}\n",
+                log_tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
             for (e, t) in editors.iter().zip(&texts) {
                 report.push_str(&format!("{} ({}): {t:?}\n", e.label, e.kind.name()));
             }

@@ -175,7 +175,8 @@ impl YClient {
         let update = {
             let mut awareness = self.lock();
             awareness.set_local_state_raw(state.to_string());
-            awareness.update()
+            let me = awareness.client_id();
+            awareness.update_with_clients([me])
         };
         if let Ok(update) = update {
             self.send_message(Message::Awareness(update));

@@ -311,5 +311,9 @@ async fn out_of_range_position_does_not_crash_and_texts_converge() {
         "{text:?}"
     );
     assert!(text.contains("abc🎉X\ndY\n"), "{text:?}");
-    assert!(ed.shutdown().await.answered, "shutdown answered\n{}", ed.report());
+    assert!(
+        ed.shutdown().await.answered,
+        "shutdown answered\n{}",
+        ed.report()
+    );
 }

@@ -1,0 +1,624 @@
+//! VS Code, for real: code-server 4.100.3 (VS Code 1.100.3) in headless Chromium, with the duet
+//! extension installed from its `.vsix`, joins a room through `duet-lsp` and types into
+//! `main.py` while another editor (a Rust Yjs peer) edits the same file. Both end identical, and
+//! so does the server; VS Code shows the peer in its status bar and the peer's cursor in the
+//! editor, the peer sees VS Code's cursor, and following the peer works from the command
+//! palette. Then both type at the same place at once, and converge again.
+//!
+//! `tests/run` installs code-server (cached per machine, `tests/vscode/install.sh`) and builds the
+//! `.vsix`; without them this test fails and says so. `tests/vscode/driver.mjs` drives the
+//! browser; the extension's own state (document text, status-bar text, decorations) is read
+//! from the file it writes when `DUET_TEST_STATE_FILE` is set, not from the DOM.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use duet_e2e::server::{Backend, Database, Server, TempDir};
+use duet_e2e::yclient::YClient;
+use duet_e2e::{binary, eventually, workspace};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot};
+use yrs::Text;
+
+const CODE_SERVER_VERSION: &str = "4.100.3";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Where `tests/vscode/install.sh` put code-server (same rule as the script).
+fn code_server_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DUET_CODE_SERVER_DIR") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
+    cache
+        .join("duet")
+        .join(format!("code-server-{CODE_SERVER_VERSION}"))
+}
+
+/// The extension package, rebuilt first if a source file is newer (and its node_modules exist).
+fn vsix() -> PathBuf {
+    if let Some(path) = std::env::var_os("DUET_VSCODE_VSIX") {
+        return PathBuf::from(path);
+    }
+    let dir = workspace().join("editors/vscode");
+    let vsix = dir.join("duet.vsix");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let built = modified(&vsix);
+    let stale = std::fs::read_dir(dir.join("src"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .chain([dir.join("package.json"), dir.join("README.md")])
+        .any(|p| modified(&p) > built);
+    if stale && dir.join("node_modules").exists() {
+        let status = std::process::Command::new("npm")
+            .args(["run", "--silent", "package"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("npm run package");
+        assert!(
+            status.success(),
+            "building the .vsix failed (npm run package in editors/vscode)"
+        );
+    }
+    assert!(
+        vsix.exists(),
+        "{} is missing: run tests/run (it runs `npm ci` and `npm run package` in editors/vscode)",
+        vsix.display()
+    );
+    vsix
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// `tests/vscode/driver.mjs`: one code-server and one Chromium page. Everything it started is
+/// killed when this drops (the driver itself, and code-server's and Chromium's process groups).
+struct VsCode {
+    child: Child,
+    stdin: ChildStdin,
+    next_id: u64,
+    waiters: Waiters,
+    events: mpsc::UnboundedReceiver<Value>,
+    groups: Arc<Mutex<Vec<u32>>>,
+    state_file: PathBuf,
+    scratch: PathBuf,
+}
+
+impl VsCode {
+    /// Starts the driver and waits (bounded) until VS Code shows `main.py` with the extension up.
+    async fn start(workspace_dir: &Path, scratch: &Path) -> (VsCode, Value) {
+        let code_server = code_server_dir();
+        assert!(
+            code_server.join(".duet-installed").exists(),
+            "code-server {CODE_SERVER_VERSION} is not installed in {}: run tests/run (or tests/vscode/install.sh) once on this machine",
+            code_server.display()
+        );
+        let driver_dir = workspace().join("tests/vscode");
+        assert!(
+            driver_dir.join("node_modules/playwright-core").exists(),
+            "tests/vscode/node_modules is missing: run tests/run (or tests/vscode/install.sh)"
+        );
+        let vsix = vsix();
+        let log = std::fs::File::create(scratch.join("driver.log")).expect("driver log");
+        let mut child = Command::new("node")
+            .arg(driver_dir.join("driver.mjs"))
+            .arg("--code-server")
+            .arg(&code_server)
+            .arg("--vsix")
+            .arg(&vsix)
+            .arg("--workspace")
+            .arg(workspace_dir)
+            .arg("--scratch")
+            .arg(scratch)
+            .arg("--timeout-ms")
+            .arg("100000")
+            .env("DUET_LOG", "debug")
+            .env("DUET_LOG_FILE", scratch.join("duet-lsp.log"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start node tests/vscode/driver.mjs (is Node.js installed?)");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let waiters: Waiters = Arc::default();
+        let groups: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (routes, pids) = (waiters.clone(), groups.clone());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                    eprintln!("driver: {line}");
+                    continue;
+                };
+                if value["event"] == "pids" {
+                    let mut pids = pids.lock().expect("pids");
+                    for key in ["codeServer", "chromium"] {
+                        if let Some(pid) = value[key].as_u64() {
+                            if !pids.contains(&(pid as u32)) {
+                                pids.push(pid as u32);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                match value.get("id").and_then(Value::as_u64) {
+                    Some(id) => {
+                        if let Some(waiter) = routes.lock().expect("waiters").remove(&id) {
+                            let _ = waiter.send(value);
+                        }
+                    }
+                    None => {
+                        let _ = events_tx.send(value);
+                    }
+                }
+            }
+        });
+        let mut vscode = VsCode {
+            child,
+            stdin,
+            next_id: 1,
+            waiters,
+            events,
+            groups,
+            state_file: scratch.join("duet-state.json"),
+            scratch: scratch.to_path_buf(),
+        };
+        let ready = tokio::time::timeout(Duration::from_secs(45), vscode.events.recv())
+            .await
+            .unwrap_or_else(|_| vscode.fail("VS Code to be ready within 45 s"))
+            .unwrap_or_else(|| vscode.fail("the driver exited before VS Code was ready"));
+        if ready["event"] != "ready" {
+            vscode.fail(&format!("VS Code did not start: {ready}"));
+        }
+        (vscode, ready)
+    }
+
+    /// Panics with `what` and the logs of the driver, code-server and the bridge.
+    fn fail(&self, what: &str) -> ! {
+        panic!("{what}\n{}", self.logs());
+    }
+
+    fn logs(&self) -> String {
+        let tail = |name: &str, lines: usize| {
+            let text = std::fs::read_to_string(self.scratch.join(name)).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let start = all.len().saturating_sub(lines);
+            format!(
+                "--- {name} (last {lines} lines) ---\n{}\n",
+                all[start..].join("\n")
+            )
+        };
+        tail("driver.log", 40) + &tail("code-server.log", 20) + &tail("duet-lsp.log", 40)
+    }
+
+    /// Sends a command; returns a receiver for its answer.
+    async fn send(&mut self, mut command: Value) -> oneshot::Receiver<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        command["id"] = json!(id);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().expect("waiters").insert(id, tx);
+        let line = format!("{command}\n");
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to the driver");
+        rx
+    }
+
+    async fn call(&mut self, command: Value) -> Value {
+        let what = command["cmd"].clone();
+        let rx = self.send(command).await;
+        let reply = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .unwrap_or_else(|_| self.fail(&format!("the driver did not answer {what} in 30 s")))
+            .unwrap_or_else(|_| self.fail(&format!("the driver exited during {what}")));
+        if reply["ok"] != true {
+            self.fail(&format!("driver command {what} failed: {reply}"));
+        }
+        reply
+    }
+
+    /// The extension's state: `{active: {text, ...}, statusBarText, decorations, peers, ...}`.
+    fn state(&self) -> Value {
+        std::fs::read_to_string(&self.state_file)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    fn text(&self) -> Option<String> {
+        self.state()["active"]["text"].as_str().map(str::to_string)
+    }
+
+    /// Polls the extension's state until `check` holds; fails with the logs after `timeout`.
+    async fn wait_state(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let state = self.state();
+            if check(&state) {
+                return state;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!(
+                    "timed out after {timeout:?} waiting for {what}; VS Code's state: {state:#}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn quit(mut self) {
+        let rx = self.send(json!({"cmd": "quit"})).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+impl Drop for VsCode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Keep the whole logs (the scratch folder goes away) for whoever reads the failure.
+            let keep = binary("duet-lsp")
+                .parent()
+                .expect("target dir")
+                .join("vscode-e2e-failure");
+            let _ = std::fs::remove_dir_all(&keep);
+            let _ = std::fs::create_dir_all(&keep);
+            for name in [
+                "driver.log",
+                "code-server.log",
+                "duet-lsp.log",
+                "duet-state.json",
+            ] {
+                let _ = std::fs::copy(self.scratch.join(name), keep.join(name));
+            }
+            // VS Code's logs, with the LSP trace (duet.trace.server) in exthost*/output_logging_*.
+            let _ = std::process::Command::new("cp")
+                .arg("-r")
+                .arg(self.scratch.join("user-data/logs"))
+                .arg(keep.join("vscode-logs"))
+                .status();
+            eprintln!("{}full logs: {}", self.logs(), keep.display());
+        }
+        // The driver kills both groups when it quits; this covers a driver that died or hung.
+        // The groups are gone by then, and their ids are not reused within the same second.
+        for pid in self.groups.lock().expect("pids").iter() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Whether `needle`'s characters all appear in `haystack`, in order.
+fn is_subsequence(needle: &str, haystack: &str) -> bool {
+    let mut rest = haystack.chars();
+    needle.chars().all(|c| rest.any(|h| h == c))
+}
+
+fn utf16_len(s: &str) -> u32 {
+    s.encode_utf16().count() as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vscode_types_while_a_peer_edits_the_same_file() {
+    let started = Instant::now();
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    let initial = "def greet(name):\n    return f\"hello {name}\"\n";
+    let room = server.create_room_with(&[("main.py", initial)]).await;
+    let invite = server.ws_url(&room);
+
+    // The other editor: in the room before VS Code, its cursor in main.py.
+    let peer = YClient::join(&invite).await;
+    let presence = |anchor: u32, head: u32| {
+        json!({"user": {"name": "rusty", "color": "#e06c75"},
+               "cursor": {"file": "main.py", "anchor": anchor, "head": head}})
+    };
+    peer.set_presence(presence(4, 9));
+
+    // VS Code's workspace: the file, and the extension's settings (bridge, invite, who we are).
+    let scratch = TempDir::new("vscode");
+    let ws = scratch.0.join("ws");
+    std::fs::create_dir_all(ws.join(".vscode")).expect("workspace");
+    std::fs::write(ws.join("main.py"), initial).expect("main.py");
+    let settings = json!({
+        "duet.path": binary("duet-lsp"),
+        "duet.invite": invite,
+        "duet.name": "vera",
+        "duet.color": "#61afef",
+        // The LSP traffic, in VS Code's logs (kept when the test fails).
+        "duet.trace.server": "verbose",
+    });
+    std::fs::write(
+        ws.join(".vscode/settings.json"),
+        serde_json::to_string_pretty(&settings).expect("json"),
+    )
+    .expect("settings");
+    let code_scratch = scratch.0.join("code");
+    std::fs::create_dir_all(&code_scratch).expect("scratch");
+
+    let (mut vscode, ready) = VsCode::start(&ws, &code_scratch).await;
+    let startup = started.elapsed();
+    eprintln!("VS Code ready after {startup:?}: {}", ready["timings"]);
+
+    // The extension activated, started the bridge from duet.path and joined the room.
+    let state = vscode
+        .wait_state("the extension to be connected to the room", WAIT, |s| {
+            s["status"]["state"] == "connected"
+        })
+        .await;
+    assert_eq!(state["activated"], true);
+    assert_eq!(state["running"], true, "the bridge runs: {state:#}");
+    assert_eq!(state["bridge"], json!(binary("duet-lsp")));
+    assert_eq!(state["status"]["room"], room.id.as_str());
+    assert!(state["active"]["path"]
+        .as_str()
+        .is_some_and(|p| p.ends_with("/main.py")));
+    assert_eq!(vscode.text().as_deref(), Some(initial));
+
+    // The peer is in the status bar. (Its cursor is drawn further down: the bridge publishes
+    // `duet/peers` when presence or text changes, not when a document is opened, so a peer
+    // that has not moved since VS Code opened main.py has no range yet.)
+    let short = &room.id[..8];
+    vscode
+        .wait_state("the status bar to show the peer", WAIT, |s| {
+            s["statusBarText"]
+                .as_str()
+                .is_some_and(|t| t.contains(short) && t.contains("connected · 1 peer"))
+        })
+        .await;
+    let dom = vscode.call(json!({"cmd": "dom"})).await;
+    let status_items: Vec<&str> = dom["statusBar"]
+        .as_array()
+        .expect("statusBar")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        status_items
+            .iter()
+            .any(|t| *t == format!("duet {short} · connected · 1 peer")),
+        "the status bar as rendered: {status_items:?}"
+    );
+
+    // VS Code types at the end of the file; while it types, the peer edits the top and the body.
+    let typed = "\ndef shout(name):\n    return greet(name).upper()\n\nprint(shout(\"duet\"))\n";
+    let reply = vscode
+        .send(json!({"cmd": "type", "text": typed, "delayMs": 35}))
+        .await;
+    let typing = tokio::spawn(reply);
+    let typing_started = Instant::now();
+    eventually(
+        WAIT,
+        "VS Code's first keystrokes to reach the peer",
+        || async { (peer.text("main.py").as_deref() != Some(initial)).then_some(()) },
+    )
+    .await;
+    let first_keys = typing_started.elapsed();
+    let prefix_lines = ["# shared with duet\n", "# rusty was here\n", "import sys\n"];
+    let mut prefix_len = 0;
+    for line in prefix_lines {
+        peer.insert("main.py", prefix_len, line);
+        prefix_len += utf16_len(line);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    // "hello" -> "hi" in the body VS Code is not touching.
+    let hello = prefix_len + utf16_len(&initial[..initial.find("hello").expect("hello")]);
+    peer.edit("main.py", |txn, text| {
+        text.remove_range(txn, hello, 5);
+        text.insert(txn, hello, "hi");
+    });
+    let peer_done = typing_started.elapsed();
+    assert!(
+        !typing.is_finished(),
+        "VS Code was still typing while the peer edited (peer done after {peer_done:?})"
+    );
+    // The peer's edits show up in VS Code while it is still typing.
+    let shown_while_typing = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if vscode.text().is_some_and(|t| {
+                t.starts_with("# shared with duet\n# rusty was here\nimport sys\n")
+                    && t.contains("\"hi {name}\"")
+            }) {
+                break !typing.is_finished();
+            }
+            if Instant::now() > deadline {
+                vscode.fail(&format!(
+                    "the peer's edits never reached VS Code:\nVS Code: {:?}\npeer:    {:?}",
+                    vscode.text(),
+                    peer.text("main.py")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(30), typing)
+        .await
+        .expect("typing finishes within 30 s")
+        .expect("join")
+        .expect("driver alive");
+    assert_eq!(reply["ok"], true, "typing: {reply}");
+    let typing_time = typing_started.elapsed();
+    eprintln!(
+        "typing: first keys at the peer after {first_keys:?}, peer's edits done after {peer_done:?}, \
+         shown in VS Code while typing: {shown_while_typing}, typing done after {typing_time:?}"
+    );
+
+    // Everyone converges on the same text.
+    let expected = format!(
+        "{}{}{}",
+        prefix_lines.concat(),
+        initial.replace("hello", "hi"),
+        typed
+    );
+    vscode
+        .wait_state(
+            &format!("VS Code's text to converge on {expected:?}"),
+            WAIT,
+            |s| s["active"]["text"] == expected.as_str(),
+        )
+        .await;
+    peer.wait_text("main.py", &expected, WAIT).await;
+    eventually(WAIT, "the server's copy to converge", || async {
+        (server.file(&room, "main.py").await.as_deref() == Some(expected.as_str())).then_some(())
+    })
+    .await;
+
+    // VS Code's cursor (duet/cursor) reached the peer: at the end of the file, where it typed.
+    let end = utf16_len(&expected);
+    eventually(WAIT, "VS Code's cursor at the peer", || async {
+        peer.peers()
+            .iter()
+            .any(|p| {
+                p["user"]["name"] == "vera"
+                    && p["user"]["color"] == "#61afef"
+                    && p["cursor"]["file"] == "main.py"
+                    && p["cursor"]["head"] == end
+            })
+            .then_some(())
+    })
+    .await;
+
+    // The peer selects `greet` in `def greet`: VS Code draws it where it now is.
+    let def = utf16_len(&expected[..expected.find("def greet").expect("def greet")]) + 4;
+    peer.set_presence(presence(def, def + 5));
+    let line = prefix_lines.len();
+    let state = vscode
+        .wait_state("the peer's selection on `greet`", WAIT, |s| {
+            s["peers"][0]["range"]
+                == json!({"start": {"line": line, "character": 4}, "end": {"line": line, "character": 9}})
+                && s["decorations"] == 2
+        })
+        .await;
+    assert_eq!(state["peers"][0]["name"], "rusty");
+    assert_eq!(state["peers"][0]["color"], "#e06c75");
+    assert!(
+        state["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m
+                .as_str()
+                .is_some_and(|m| m.starts_with("duet: joined room")))),
+        "the bridge's messages reached VS Code: {state:#}"
+    );
+    let dom = vscode.call(json!({"cmd": "dom"})).await;
+    let lines = dom["viewLines"].as_str().unwrap_or_default();
+    assert!(
+        lines.contains("print(shout(\"duet\"))") && lines.contains("# rusty was here"),
+        "the editor shows the text: {lines:?}"
+    );
+
+    // The commands work from the palette: follow the peer (a quick pick listing it).
+    let follow = vscode
+        .call(json!({"cmd": "palette", "command": "duet: Follow a peer", "pick": "rusty"}))
+        .await;
+    let rows = follow["rows"].to_string();
+    assert!(
+        rows.contains("rusty") && rows.contains(&format!("main.py:{}", line + 1)),
+        "the peer list: {rows}"
+    );
+    vscode
+        .wait_state("VS Code to follow the peer", WAIT, |s| {
+            s["following"] == s["peers"][0]["clientId"]
+                && s["statusBarText"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("· 1 peer · following rusty"))
+        })
+        .await;
+
+    let screenshot = std::env::var_os("DUET_VSCODE_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            binary("duet-lsp")
+                .parent()
+                .expect("target dir")
+                .join("vscode-e2e.png")
+        });
+    vscode
+        .call(json!({"cmd": "screenshot", "path": screenshot}))
+        .await;
+    eprintln!("screenshot: {}", screenshot.display());
+
+    // Both type at the same place, the end of the file, at the same time: the interleaving is
+    // up to the network, but everyone ends with the same text, holding each side's keystrokes
+    // in the order they were typed. The two sides type disjoint characters: the same character
+    // typed at the same place while the bridge's edit bringing the other's is in flight is
+    // taken for that edit's echo, and one of the two is lost (a documented limit of the
+    // bridge, lsp/src/shadow.rs: "indistinguishable by design").
+    let vscode_typed = "VERA_TYPES_HERE = 1";
+    let peer_typed = "rusty.plays(too)";
+    let reply = vscode
+        .send(json!({"cmd": "type", "text": vscode_typed, "delayMs": 35}))
+        .await;
+    let typing = tokio::spawn(reply);
+    for c in peer_typed.chars() {
+        peer.append("main.py", &c.to_string());
+        tokio::time::sleep(Duration::from_millis(35)).await;
+    }
+    let overlapped = !typing.is_finished();
+    let reply = tokio::time::timeout(Duration::from_secs(30), typing)
+        .await
+        .expect("typing finishes within 30 s")
+        .expect("join")
+        .expect("driver alive");
+    assert_eq!(reply["ok"], true, "typing: {reply}");
+    let length =
+        expected.chars().count() + vscode_typed.chars().count() + peer_typed.chars().count();
+    let deadline = Instant::now() + WAIT;
+    let both = loop {
+        let text = vscode.text().unwrap_or_default();
+        let theirs = peer.text("main.py").unwrap_or_default();
+        if text == theirs && text.chars().count() == length {
+            break text;
+        }
+        if Instant::now() > deadline {
+            let server_text = server.file(&room, "main.py").await.unwrap_or_default();
+            vscode.fail(&format!(
+                "after typing at the same place, no convergence on {length} characters in {WAIT:?}:\n\
+                 VS Code: {:?}\npeer:    {:?}\nserver:  {:?}",
+                text.get(expected.len()..).unwrap_or(&text),
+                theirs.get(expected.len()..).unwrap_or(&theirs),
+                server_text.get(expected.len()..).unwrap_or(&server_text),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(both.starts_with(&expected), "{both:?}");
+    let rest = &both[expected.len()..];
+    assert!(
+        is_subsequence(vscode_typed, rest),
+        "VS Code's keystrokes in order: {rest:?}"
+    );
+    assert!(
+        is_subsequence(peer_typed, rest),
+        "the peer's keystrokes in order: {rest:?}"
+    );
+    eventually(WAIT, "the server's copy to converge", || async {
+        (server.file(&room, "main.py").await.as_deref() == Some(both.as_str())).then_some(())
+    })
+    .await;
+    eprintln!("typing at the same place (overlapped: {overlapped}): {rest:?}");
+
+    vscode.quit().await;
+    eprintln!("VS Code test done in {:?}", started.elapsed());
+}
