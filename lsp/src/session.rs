@@ -2,9 +2,10 @@
 //! room replica, the connection — and handles one event at a time, in arrival order.
 //!
 //! tower-lsp runs handlers concurrently, so the handlers in [`crate::backend`] only forward
-//! their message into this task's channel. Nothing here awaits the editor: requests to it
-//! (`workspace/applyEdit`) and notifications go out from spawned tasks, and their answers come
-//! back as events. That keeps `didChange` strictly ordered and stdio free of deadlocks.
+//! their message into this task's channel. Nothing here awaits the editor: `applyEdit`
+//! requests go out from spawned tasks whose answers come back as events, and messages and
+//! notifications go through an outbox task that sends them in order. That keeps `didChange`
+//! strictly ordered and stdio free of deadlocks.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -165,11 +166,6 @@ impl Session {
     /// Handles events until the editor shuts us down or goes away.
     pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
         while let Some(event) = events.recv().await {
-            if let Event::Shutdown(reply) = event {
-                self.leave();
-                let _ = reply.send(());
-                continue;
-            }
             self.handle(event);
         }
     }
@@ -180,7 +176,10 @@ impl Session {
                 let _ = reply.send(self.initialize(*params));
             }
             Event::Initialized => self.initialized(),
-            Event::Shutdown(_) => {}
+            Event::Shutdown(reply) => {
+                self.leave();
+                let _ = reply.send(());
+            }
             Event::DidOpen(params) => self.did_open(params),
             Event::DidChange(params) => self.did_change(params),
             Event::DidClose(params) => self.did_close(params),

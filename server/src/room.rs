@@ -93,8 +93,6 @@ pub struct FlushBatch {
     pub changed_files: Vec<(String, String)>,
     pub removed_files: Vec<String>,
     pub updated_at: i64,
-    /// When the oldest of these updates arrived.
-    pub pending_since: Option<Instant>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -111,8 +109,10 @@ struct State {
     peers: HashMap<PeerId, Peer>,
     next_peer: PeerId,
     unflushed: Vec<Vec<u8>>,
-    /// When the oldest unflushed update arrived: how far the store is behind.
+    /// When the oldest unflushed update arrived, and the oldest of the batch being written:
+    /// how far the store is behind.
     unflushed_since: Option<Instant>,
+    writing_since: Option<Instant>,
     /// Digest of each file's text as last written, to write only files that changed.
     persisted: HashMap<String, u64>,
     updated_at: i64,
@@ -168,6 +168,7 @@ impl Room {
                 next_peer: 1,
                 unflushed: Vec::new(),
                 unflushed_since: None,
+                writing_since: None,
                 persisted,
                 updated_at,
                 idle_since: Some(Instant::now()),
@@ -397,8 +398,9 @@ impl Room {
         if state.unflushed.is_empty() {
             return None;
         }
+        // Until the write succeeds (`flushed`), `/readyz` must not call the store current.
+        state.writing_since = state.unflushed_since.take();
         let updates = std::mem::take(&mut state.unflushed);
-        let pending_since = state.unflushed_since.take();
         let texts = file_texts(&state);
         let mut changed_files = Vec::new();
         for (path, text) in &texts {
@@ -422,7 +424,6 @@ impl Room {
             changed_files,
             removed_files,
             updated_at: state.updated_at,
-            pending_since,
         })
     }
 
@@ -431,7 +432,7 @@ impl Room {
         let mut state = self.lock();
         let newer = std::mem::replace(&mut state.unflushed, batch.updates);
         state.unflushed.extend(newer);
-        state.unflushed_since = batch.pending_since.or(state.unflushed_since);
+        state.unflushed_since = state.writing_since.take().or(state.unflushed_since);
         // Forget the digests so the next write includes these files again.
         for (path, _) in batch.changed_files {
             state.persisted.remove(&path);
@@ -441,13 +442,23 @@ impl Room {
         }
     }
 
+    /// The batch taken last is written.
+    pub fn flushed(&self) {
+        self.lock().writing_since = None;
+    }
+
     pub fn has_unflushed(&self) -> bool {
         !self.lock().unflushed.is_empty()
     }
 
     /// How long the oldest update not yet in the store has been waiting.
     pub fn unflushed_for(&self) -> Option<std::time::Duration> {
-        self.lock().unflushed_since.map(|since| since.elapsed())
+        let state = self.lock();
+        let oldest = match (state.writing_since, state.unflushed_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        oldest.map(|since| since.elapsed())
     }
 
     /// The whole document as one update, for compaction.

@@ -265,6 +265,7 @@ impl Rooms {
             room.restore(batch);
             return Err(e);
         }
+        room.flushed();
         let metrics = &self.shared.metrics;
         Metrics::inc(&metrics.flushes);
         metrics
