@@ -154,6 +154,20 @@ impl YClient {
         self.edit(file, |txn, t| t.insert(txn, index, text));
     }
 
+    /// Inserts `text` right after the first `anchor` in the file, reading the text and
+    /// inserting in one step: an index read beforehand could be shifted by a remote update
+    /// applied in between.
+    pub fn insert_after(&self, file: &str, anchor: &str, text: &str) {
+        self.edit(file, |txn, t| {
+            let current = t.get_string(txn);
+            let at = current
+                .find(anchor)
+                .unwrap_or_else(|| panic!("no {anchor:?} in {current:?}"))
+                + anchor.len();
+            t.insert(txn, current[..at].encode_utf16().count() as u32, text);
+        });
+    }
+
     pub fn append(&self, file: &str, text: &str) {
         self.edit(file, |txn, t| {
             let end = t.len(txn);

@@ -972,18 +972,10 @@ async fn two_neovims_and_a_peer_typing_at_once_converge() {
     // Meanwhile the Yjs peer types under its anchor and on the hot line.
     for i in 0..OPS {
         let marker = format!("[Y{i:03}]");
-        let current = yc.text("shared.txt").expect("shared.txt");
-        let at = current.find("@Y@\n").expect("anchor") + "@Y@\n".len();
-        yc.insert(
-            "shared.txt",
-            utf16(&current, at),
-            &format!("{marker} 👩‍💻 ok\n"),
-        );
+        yc.insert_after("shared.txt", "@Y@\n", &format!("{marker} 👩‍💻 ok\n"));
         markers.push(marker);
         if i % 3 == 1 {
-            let current = yc.text("shared.txt").expect("shared.txt");
-            let at = current.find("@HOT@").expect("hot") + "@HOT@".len();
-            yc.insert("shared.txt", utf16(&current, at), "y");
+            yc.insert_after("shared.txt", "@HOT@", "y");
         }
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
