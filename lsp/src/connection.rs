@@ -62,7 +62,9 @@ const LAST_RETRY: Duration = Duration::from_secs(5);
 async fn run(url: String, mut frames: mpsc::UnboundedReceiver<Vec<u8>>, emit: impl Fn(NetEvent)) {
     let mut backoff = FIRST_RETRY;
     loop {
-        match tokio_tungstenite::connect_async(url.as_str()).await {
+        // Small, latency-bound messages: without TCP_NODELAY, Nagle's algorithm and the
+        // server's delayed ACK hold some back for up to 40 ms.
+        match tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await {
             Ok((socket, _)) => {
                 backoff = FIRST_RETRY;
                 emit(NetEvent::Connected);

@@ -44,7 +44,7 @@ pub enum ConnectError {
 impl YClient {
     /// Connects and starts syncing (sync step 1). See [`YClient::wait_synced`].
     pub async fn connect(url: &str) -> Result<YClient, ConnectError> {
-        let (socket, _) = tokio_tungstenite::connect_async(url)
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .map_err(|e| match e {
                 tokio_tungstenite::tungstenite::Error::Http(response) => {
