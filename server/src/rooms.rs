@@ -4,7 +4,8 @@
 //! always after a final flush. The flusher is the only writer: it group-commits each room's
 //! buffered updates every flush interval, compacts rooms whose update log grew long, and, when
 //! the database is away, keeps everything in memory and retries with backoff while `/readyz`
-//! reports the store as degraded.
+//! reports the store as degraded. One flush is one transaction for all rooms (a group commit),
+//! so a hundred busy rooms cost one write every flush interval, not a hundred.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +18,7 @@ use uuid::Uuid;
 use crate::auth;
 use crate::config::{Limits, Persistence};
 use crate::metrics::Metrics;
-use crate::room::{close, now_ms, CloseReason, Room, RoomMeta};
+use crate::room::{close, now_ms, CloseReason, FlushBatch, Room, RoomMeta};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -231,58 +232,71 @@ impl Rooms {
 
     /// Flushes every room with buffered updates. False if any write failed.
     pub async fn flush_all(&self) -> bool {
-        let ids: Vec<Uuid> = self.entries().keys().copied().collect();
-        let mut ok = true;
-        for id in ids {
-            if let Err(e) = self.flush(id).await {
-                ok = false;
+        match self.flush().await {
+            Ok(()) => {
+                if self.shared.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!("store available again; buffered updates written");
+                }
+                true
+            }
+            Err(e) => {
                 Metrics::inc(&self.shared.metrics.flush_failures);
                 if !self.shared.degraded.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "store unavailable; keeping updates in memory and retrying");
                 }
-                break;
+                false
             }
         }
-        if ok && self.shared.degraded.swap(false, Ordering::Relaxed) {
-            tracing::info!("store available again; buffered updates written");
-        }
-        ok
     }
 
-    async fn flush(&self, id: Uuid) -> Result<(), StoreError> {
-        let Some((room, seq, since)) = self
+    /// One group commit: the buffered updates of every room, in one transaction.
+    async fn flush(&self) -> Result<(), StoreError> {
+        let rooms: Vec<(Uuid, Arc<Room>, i64, u64)> = self
             .entries()
-            .get(&id)
-            .map(|e| (e.room.clone(), e.next_seq, e.since_compaction))
-        else {
+            .iter()
+            .map(|(id, e)| (*id, e.room.clone(), e.next_seq, e.since_compaction))
+            .collect();
+        let taken: Vec<_> = rooms
+            .into_iter()
+            .filter_map(|(id, room, seq, since)| {
+                let batch = room.take_unflushed()?;
+                Some((id, room, seq, since, batch))
+            })
+            .collect();
+        if taken.is_empty() {
             return Ok(());
-        };
-        let Some(batch) = room.take_unflushed() else {
-            return Ok(());
-        };
-        let count = batch.updates.len() as i64;
-        if let Err(e) = self.shared.store.append(id, seq, &batch).await {
-            room.restore(batch);
+        }
+        let writes: Vec<(Uuid, i64, &FlushBatch)> = taken
+            .iter()
+            .map(|(id, _, seq, _, b)| (*id, *seq, b))
+            .collect();
+        if let Err(e) = self.shared.store.append(&writes).await {
+            for (_, room, _, _, batch) in taken {
+                room.restore(batch);
+            }
             return Err(e);
         }
-        room.flushed();
         let metrics = &self.shared.metrics;
         Metrics::inc(&metrics.flushes);
-        metrics
-            .updates_written
-            .fetch_add(count as u64, Ordering::Relaxed);
-        let last = seq + count - 1;
-        let since = since + count as u64;
-        self.set_progress(id, last + 1, since);
-        if since >= self.shared.persistence.compact_after {
-            // The snapshot may include updates newer than `last`; they are stored again later
-            // and applying an update twice is a no-op, so nothing is lost or doubled.
-            self.shared
-                .store
-                .compact(id, &room.snapshot(), last)
-                .await?;
-            Metrics::inc(&metrics.compactions);
-            self.set_progress(id, last + 1, 0);
+        for (id, room, seq, since, batch) in taken {
+            room.flushed();
+            let count = batch.updates.len() as i64;
+            metrics
+                .updates_written
+                .fetch_add(count as u64, Ordering::Relaxed);
+            let last = seq + count - 1;
+            let since = since + count as u64;
+            self.set_progress(id, last + 1, since);
+            if since >= self.shared.persistence.compact_after {
+                // The snapshot may include updates newer than `last`; they are stored again
+                // later and applying an update twice is a no-op, so nothing is lost or doubled.
+                self.shared
+                    .store
+                    .compact(id, &room.snapshot(), last)
+                    .await?;
+                Metrics::inc(&metrics.compactions);
+                self.set_progress(id, last + 1, 0);
+            }
         }
         Ok(())
     }

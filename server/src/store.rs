@@ -201,37 +201,34 @@ impl Store {
         Ok(row.map(|row| row.try_get(0)).transpose()?)
     }
 
-    /// Appends a batch of updates (numbered from `first_seq`) and the changed file copies, in
-    /// one transaction: one write per room per flush, never one per keystroke.
-    pub async fn append(
-        &self,
-        id: Uuid,
-        first_seq: i64,
-        batch: &FlushBatch,
-    ) -> Result<(), StoreError> {
-        let key = id.to_string();
+    /// Appends each room's batch of updates (numbered from its `first_seq`) and changed file
+    /// copies, all in one transaction: one write per flush, never one per keystroke.
+    pub async fn append(&self, batches: &[(Uuid, i64, &FlushBatch)]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for (i, update) in batch.updates.iter().enumerate() {
-            sqlx::query("INSERT INTO room_updates (room_id, seq, data) VALUES ($1, $2, $3)")
+        for (id, first_seq, batch) in batches {
+            let key = id.to_string();
+            for (i, update) in batch.updates.iter().enumerate() {
+                sqlx::query("INSERT INTO room_updates (room_id, seq, data) VALUES ($1, $2, $3)")
+                    .bind(&key)
+                    .bind(first_seq + i as i64)
+                    .bind(update.clone())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            upsert_files(&mut tx, *id, &batch.changed_files).await?;
+            for path in &batch.removed_files {
+                sqlx::query("DELETE FROM room_files WHERE room_id = $1 AND path = $2")
+                    .bind(&key)
+                    .bind(path)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("UPDATE rooms SET updated_at = $1 WHERE id = $2")
+                .bind(batch.updated_at)
                 .bind(&key)
-                .bind(first_seq + i as i64)
-                .bind(update.clone())
                 .execute(&mut *tx)
                 .await?;
         }
-        upsert_files(&mut tx, id, &batch.changed_files).await?;
-        for path in &batch.removed_files {
-            sqlx::query("DELETE FROM room_files WHERE room_id = $1 AND path = $2")
-                .bind(&key)
-                .bind(path)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("UPDATE rooms SET updated_at = $1 WHERE id = $2")
-            .bind(batch.updated_at)
-            .bind(&key)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(())
     }
