@@ -4,6 +4,8 @@
 //! so does the server; VS Code shows the peer in its status bar and the peer's cursor in the
 //! editor, the peer sees VS Code's cursor, and following the peer works from the command
 //! palette. Then both type at the same place at once, and converge again.
+//! A second test checks what a user is told on a malformed invite, a wrong token and a room
+//! deleted while connected, and that what they typed meanwhile stays in the editor.
 //!
 //! `tests/run` installs code-server (cached per machine, `tests/vscode/install.sh`) and builds the
 //! `.vsix`; without them this test fails and says so. `tests/vscode/driver.mjs` drives the
@@ -261,6 +263,34 @@ impl VsCode {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Polls the notifications on screen until one contains all of `needles`; returns it.
+    async fn wait_notification(&mut self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let reply = self.call(json!({"cmd": "notifications"})).await;
+            let toasts: Vec<String> = reply["toasts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect();
+            if let Some(toast) = toasts
+                .iter()
+                .find(|t| needles.iter().all(|n| t.contains(n)))
+            {
+                return toast.clone();
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!(
+                    "no notification with {needles:?} after {WAIT:?}; on screen: {toasts:?}; \
+                     the bridge's messages: {}",
+                    self.state()["messages"]
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -621,4 +651,121 @@ async fn vscode_types_while_a_peer_edits_the_same_file() {
 
     vscode.quit().await;
     eprintln!("VS Code test done in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vscode_says_what_went_wrong_and_keeps_the_typing() {
+    let started = Instant::now();
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    // A room without main.py: VS Code's copy goes in when it joins.
+    let room = server.create_room_with(&[]).await;
+
+    // The workspace's invite is malformed: its room id is not a UUID.
+    let initial = "print(\"start\")\n";
+    let scratch = TempDir::new("vscode-errors");
+    let ws = scratch.0.join("ws");
+    std::fs::create_dir_all(ws.join(".vscode")).expect("workspace");
+    std::fs::write(ws.join("main.py"), initial).expect("main.py");
+    let settings = json!({
+        "duet.path": binary("duet-lsp"),
+        "duet.invite": "ws://127.0.0.1:1/ws/not-a-uuid?token=x",
+        "duet.name": "vera",
+        "duet.trace.server": "verbose",
+    });
+    std::fs::write(
+        ws.join(".vscode/settings.json"),
+        serde_json::to_string_pretty(&settings).expect("json"),
+    )
+    .expect("settings");
+    let code_scratch = scratch.0.join("code");
+    std::fs::create_dir_all(&code_scratch).expect("scratch");
+    let (mut vscode, _) = VsCode::start(&ws, &code_scratch).await;
+
+    // 1. The bad invite: said, about the invite; the bridge runs, in no room.
+    let bad_invite = vscode
+        .wait_notification(&["cannot join", "invite", "not-a-uuid"])
+        .await;
+    let state = vscode.state();
+    assert_eq!(state["running"], true, "the bridge runs: {state:#}");
+    assert_ne!(state["status"]["state"], "connected", "{state:#}");
+    let typed = "a = 1\n";
+    vscode
+        .call(json!({"cmd": "type", "text": typed, "delayMs": 20}))
+        .await;
+    let mut expected = format!("{initial}{typed}");
+    vscode
+        .wait_state("the typing after the bad invite", WAIT, |s| {
+            s["active"]["text"] == expected.as_str()
+        })
+        .await;
+
+    // 2. A real room with a wrong token, from the palette: said, about the token.
+    let wrong = format!("{}/{}?token=not-the-token", server.ws_base(), room.id);
+    vscode
+        .call(json!({"cmd": "palette", "command": "duet: Join a room", "input": wrong}))
+        .await;
+    let wrong_token = vscode.wait_notification(&["token is wrong"]).await;
+    assert!(wrong_token.contains("cannot join"), "{wrong_token:?}");
+    let typed = "b = 2\n";
+    vscode
+        .call(json!({"cmd": "type", "text": typed, "delayMs": 20}))
+        .await;
+    expected.push_str(typed);
+    vscode
+        .wait_state("the typing after the wrong token", WAIT, |s| {
+            s["active"]["text"] == expected.as_str() && s["status"]["state"] != "connected"
+        })
+        .await;
+
+    // Then the right invite: joined, and the text typed so far is the room's.
+    vscode
+        .call(json!({"cmd": "palette", "command": "duet: Join a room", "input": server.ws_url(&room)}))
+        .await;
+    vscode
+        .wait_state("the extension to be connected to the room", WAIT, |s| {
+            s["status"]["state"] == "connected" && s["status"]["room"] == room.id.as_str()
+        })
+        .await;
+    let typed = "c = 3\n";
+    vscode
+        .call(json!({"cmd": "type", "text": typed, "delayMs": 20}))
+        .await;
+    expected.push_str(typed);
+    eventually(WAIT, "the server to have everything typed", || async {
+        (server.file(&room, "main.py").await.as_deref() == Some(expected.as_str())).then_some(())
+    })
+    .await;
+
+    // 3. The room is deleted while connected: said; typing goes on, and stays in the editor.
+    let deleted = server
+        .http
+        .delete(server.url(&format!("/rooms/{}", room.id)))
+        .bearer_auth(&room.token)
+        .send()
+        .await
+        .expect("DELETE room");
+    assert_eq!(deleted.status(), 204);
+    let closed = vscode
+        .wait_notification(&["closed the room connection", "room deleted"])
+        .await;
+    let typed = "d = 4  # after the room went away\n";
+    vscode
+        .call(json!({"cmd": "type", "text": typed, "delayMs": 20}))
+        .await;
+    expected.push_str(typed);
+    let state = vscode
+        .wait_state("the typing after the room was deleted", WAIT, |s| {
+            s["active"]["text"] == expected.as_str()
+        })
+        .await;
+    assert_ne!(state["status"]["state"], "connected", "{state:#}");
+    assert_eq!(state["running"], true, "the bridge still runs: {state:#}");
+    // Nothing changes the buffer afterwards either.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(vscode.text().as_deref(), Some(expected.as_str()));
+    eprintln!("notifications: {bad_invite:?} / {wrong_token:?} / {closed:?}");
+
+    vscode.quit().await;
+    eprintln!("VS Code error test done in {:?}", started.elapsed());
 }

@@ -15,9 +15,12 @@
 //   {"cmd":"press","key":"Control+End"}         page.keyboard.press
 //   {"cmd":"palette","command":"duet: Follow a peer","pick":"ann"}
 //                                               runs a command from the palette, picks an item
+//   {"cmd":"palette","command":"duet: Join a room","input":"ws://…"}
+//                                               ... or types into the input box it opens
 //   {"cmd":"state"}                             the extension's state (duet._testState)
 //   {"cmd":"sleep","ms":500}                    waits (to sequence commands)
 //   {"cmd":"dom"}                               {statusBar, notifications: [texts], viewLines}
+//   {"cmd":"notifications"}                     {toasts: [texts]}, the notifications on screen
 //   {"cmd":"screenshot","path":"x.png"}
 //   {"cmd":"quit"}                              closes everything, then exits 0
 // Unsolicited: {"event":"pids","codeServer":N,"chromium":N} as soon as they are known (both are
@@ -280,6 +283,17 @@ async function handle(command) {
         await page.keyboard.type(command.pick);
         await page.keyboard.press('Enter');
       }
+      if (command.input !== undefined) {
+        // The palette closes, then the command's input box opens in the same widget, empty.
+        await page.waitForFunction(() => {
+          const widget = document.querySelector('.quick-input-widget');
+          const input = widget?.querySelector('input');
+          return widget && input && widget.style.display !== 'none' && input.value === '' && document.activeElement === input;
+        });
+        await page.keyboard.type(command.input);
+        await page.keyboard.press('Enter');
+        await page.waitForSelector('.quick-input-widget', { state: 'hidden' });
+      }
       return { rows };
     }
     case 'sleep':
@@ -292,6 +306,10 @@ async function handle(command) {
         statusBar: await page.$$eval('.statusbar-item', (items) => items.map((i) => i.textContent.trim()).filter(Boolean)),
         notifications: await page.$$eval('.notifications-toasts .notification-list-item-message', (items) => items.map((i) => i.textContent.trim())),
         viewLines: (await page.innerText('.editor-instance .monaco-editor .view-lines')).replace(/\u00a0/g, ' '),
+      };
+    case 'notifications':
+      return {
+        toasts: await page.$$eval('.notifications-toasts .notification-list-item-message', (items) => items.map((i) => i.textContent.trim())),
       };
     case 'screenshot':
       fs.mkdirSync(path.dirname(path.resolve(command.path)), { recursive: true });
