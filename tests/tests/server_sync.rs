@@ -28,8 +28,9 @@ async fn reference_clients_typing_concurrently_converge(backend: Backend) {
     let pieces = ["héllo 🎉 世界\nnext line\n", "こんにちは 👩‍💻 wörld\r\n"];
     let typing_a = ann
         .call(json!({"cmd": "type", "file": "main.py", "text": pieces[0], "delayMs": 3, "at": 0}));
-    let typing_b = bob
-        .call(json!({"cmd": "type", "file": "main.py", "text": pieces[1], "delayMs": 3, "at": 9}));
+    let typing_b = bob.call(
+        json!({"cmd": "type", "file": "main.py", "text": pieces[1], "delayMs": 3, "at": "end"}),
+    );
     let (a, b) = tokio::join!(typing_a, typing_b);
     assert_eq!(
         (a["ok"].clone(), b["ok"].clone()),
