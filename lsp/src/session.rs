@@ -571,7 +571,6 @@ impl Session {
         for uri in touched {
             self.flush(&uri);
         }
-        self.publish_peers();
     }
 
     /// Re-bases a document on the room's text after the shadow lost track.
