@@ -14,10 +14,12 @@ use axum::body::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 use yrs::sync::{Awareness, AwarenessUpdate, Message, SyncMessage};
+use yrs::types::{Event, PathSegment};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
-    ClientID, Doc, GetString, Map, MapRef, Out, ReadTxn, StateVector, Text, Transact, Update,
+    ClientID, DeepObservable, Doc, GetString, Map, MapRef, Out, ReadTxn, StateVector, Text,
+    Transact, Update,
 };
 
 use crate::config::Limits;
@@ -25,6 +27,9 @@ use crate::paths;
 
 /// The root map every room keeps its files in: path → `Y.Text`.
 pub const FILES: &str = "files";
+
+/// Key of the observer that notes which files changed.
+const DIRTY: &str = "duet-dirty";
 
 /// Close codes sent to a peer, with a reason that names what happened.
 pub mod close {
@@ -113,8 +118,9 @@ struct State {
     /// how far the store is behind.
     unflushed_since: Option<Instant>,
     writing_since: Option<Instant>,
-    /// Digest of each file's text as last written, to write only files that changed.
-    persisted: HashMap<String, u64>,
+    /// Files changed since the batch last taken for writing, so that a flush copies only
+    /// those. Filled by an observer on the `files` map, hence its own lock.
+    dirty: Arc<Mutex<HashSet<String>>>,
     updated_at: i64,
     idle_since: Option<Instant>,
     closed: bool,
@@ -139,7 +145,6 @@ impl Room {
         limits: Arc<Limits>,
         state: Option<&[u8]>,
         updates: &[Vec<u8>],
-        persisted_files: &[(String, String)],
     ) -> Result<Room, RoomError> {
         let doc = Doc::new();
         let files = doc.get_or_insert_map(FILES);
@@ -152,10 +157,23 @@ impl Room {
                     .map_err(|e| RoomError::CorruptState(e.to_string()))?;
             }
         }
-        let persisted = persisted_files
-            .iter()
-            .map(|(path, text)| (path.clone(), digest(text)))
-            .collect();
+        let dirty: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let seen = dirty.clone();
+        files.observe_deep(DIRTY, move |txn, events| {
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            for event in events.iter() {
+                match event {
+                    // Files added, replaced or removed.
+                    Event::Map(e) => seen.extend(e.keys(txn).keys().map(|k| k.to_string())),
+                    // An edit inside a file: the first step of its path is the file's key.
+                    other => {
+                        if let Some(PathSegment::Key(key)) = other.path().front() {
+                            seen.insert(key.to_string());
+                        }
+                    }
+                }
+            }
+        });
         let updated_at = meta.updated_at;
         let room = Room {
             meta,
@@ -169,7 +187,7 @@ impl Room {
                 unflushed: Vec::new(),
                 unflushed_since: None,
                 writing_since: None,
-                persisted,
+                dirty,
                 updated_at,
                 idle_since: Some(Instant::now()),
                 closed: false,
@@ -401,23 +419,19 @@ impl Room {
         // Until the write succeeds (`flushed`), `/readyz` must not call the store current.
         state.writing_since = state.unflushed_since.take();
         let updates = std::mem::take(&mut state.unflushed);
-        let texts = file_texts(&state);
-        let mut changed_files = Vec::new();
-        for (path, text) in &texts {
-            let d = digest(text);
-            if state.persisted.get(path) != Some(&d) {
-                state.persisted.insert(path.clone(), d);
-                changed_files.push((path.clone(), text.clone()));
+        let dirty: Vec<String> =
+            std::mem::take(&mut *state.dirty.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
+        let (mut changed_files, mut removed_files) = (Vec::new(), Vec::new());
+        {
+            let txn = state.awareness.doc().transact();
+            for path in dirty {
+                match state.files.get(&txn, &path) {
+                    Some(Out::YText(text)) => changed_files.push((path, text.get_string(&txn))),
+                    _ => removed_files.push(path),
+                }
             }
-        }
-        let removed_files: Vec<String> = state
-            .persisted
-            .keys()
-            .filter(|p| !texts.iter().any(|(path, _)| path == *p))
-            .cloned()
-            .collect();
-        for path in &removed_files {
-            state.persisted.remove(path);
         }
         Some(FlushBatch {
             updates,
@@ -433,13 +447,10 @@ impl Room {
         let newer = std::mem::replace(&mut state.unflushed, batch.updates);
         state.unflushed.extend(newer);
         state.unflushed_since = state.writing_since.take().or(state.unflushed_since);
-        // Forget the digests so the next write includes these files again.
-        for (path, _) in batch.changed_files {
-            state.persisted.remove(&path);
-        }
-        for path in batch.removed_files {
-            state.persisted.insert(path, 0);
-        }
+        // The next write copies these files again.
+        let mut dirty = state.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        dirty.extend(batch.changed_files.into_iter().map(|(path, _)| path));
+        dirty.extend(batch.removed_files);
     }
 
     /// The batch taken last is written.
@@ -653,13 +664,6 @@ fn scan_map(doc: &Doc, files: &MapRef) -> (Sizes, Vec<String>) {
     (sizes, invalid)
 }
 
-fn digest(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
-}
-
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -695,8 +699,7 @@ mod tests {
         Message::Sync(SyncMessage::Update(update)).encode_v1()
     }
 
-    #[test]
-    fn an_update_that_completes_anothers_pending_one_reaches_its_author_too() {
+    fn empty_room() -> Room {
         let meta = RoomMeta {
             id: Uuid::new_v4(),
             name: None,
@@ -705,7 +708,63 @@ mod tests {
             created_at: 0,
             updated_at: 0,
         };
-        let room = Room::load(meta, limits(), None, &[], &[]).unwrap();
+        Room::load(meta, limits(), None, &[]).unwrap()
+    }
+
+    #[test]
+    fn a_flush_copies_exactly_the_files_that_changed() {
+        let room = empty_room();
+        let (peer, _frames) = peer(&room);
+        let doc = Doc::new();
+        let files = doc.get_or_insert_map(FILES);
+        let mut send = |f: &dyn Fn(&mut yrs::TransactionMut)| {
+            let mut txn = doc.transact_mut();
+            f(&mut txn);
+            room.receive(peer, &update_frame(txn.encode_update_v1()))
+                .unwrap();
+        };
+        send(&|txn| {
+            files.insert(txn, "a.txt", TextPrelim::new("a"));
+            files.insert(txn, "b.txt", TextPrelim::new("b"));
+        });
+        let batch = room.take_unflushed().unwrap();
+        let mut changed = batch.changed_files.clone();
+        changed.sort();
+        assert_eq!(
+            changed,
+            vec![("a.txt".into(), "a".into()), ("b.txt".into(), "b".into())]
+        );
+        room.flushed();
+
+        // An edit in one file copies that file only; a removal is reported as such.
+        send(&|txn| {
+            let Some(Out::YText(text)) = files.get(txn, "a.txt") else {
+                panic!()
+            };
+            text.insert(txn, 1, "!");
+        });
+        send(&|txn| {
+            files.remove(txn, "b.txt");
+        });
+        let batch = room.take_unflushed().unwrap();
+        assert_eq!(
+            batch.changed_files,
+            vec![("a.txt".to_string(), "a!".to_string())]
+        );
+        assert_eq!(batch.removed_files, vec!["b.txt".to_string()]);
+        // A failed write puts them back for the next one.
+        room.restore(batch);
+        let again = room.take_unflushed().unwrap();
+        assert_eq!(
+            again.changed_files,
+            vec![("a.txt".to_string(), "a!".to_string())]
+        );
+        assert_eq!(again.removed_files, vec!["b.txt".to_string()]);
+    }
+
+    #[test]
+    fn an_update_that_completes_anothers_pending_one_reaches_its_author_too() {
+        let room = empty_room();
         let (ann, mut ann_frames) = peer(&room);
         let (bob, _) = peer(&room);
 

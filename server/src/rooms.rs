@@ -180,7 +180,6 @@ impl Rooms {
             self.shared.limits.clone(),
             stored.state.as_deref(),
             &stored.updates,
-            &stored.files,
         )
         .map_err(|e| RoomsError::Corrupt(e.to_string()))?;
         let room = Arc::new(room);

@@ -46,7 +46,6 @@ pub struct StoredRoom {
     pub updates: Vec<Vec<u8>>,
     /// Sequence number of the last stored update (0 when there is none).
     pub last_seq: i64,
-    pub files: Vec<(String, String)>,
 }
 
 impl Store {
@@ -153,25 +152,12 @@ impl Store {
             last_seq = row.try_get(0)?;
             updates.push(row.try_get(1)?);
         }
-        let files = self.file_texts(id).await?;
         Ok(Some(StoredRoom {
             meta,
             state,
             updates,
             last_seq,
-            files,
         }))
-    }
-
-    async fn file_texts(&self, id: Uuid) -> Result<Vec<(String, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT path, content FROM room_files WHERE room_id = $1 ORDER BY path")
-                .bind(id.to_string())
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect()
     }
 
     /// The stored plain-text copies: what the REST API shows for a room not in memory.
