@@ -717,7 +717,7 @@ mod tests {
         let (peer, _frames) = peer(&room);
         let doc = Doc::new();
         let files = doc.get_or_insert_map(FILES);
-        let mut send = |f: &dyn Fn(&mut yrs::TransactionMut)| {
+        let send = |f: &dyn Fn(&mut yrs::TransactionMut)| {
             let mut txn = doc.transact_mut();
             f(&mut txn);
             room.receive(peer, &update_frame(txn.encode_update_v1()))
