@@ -130,6 +130,7 @@ pub struct Session {
     /// Our latest presence, not sent yet, and when the last one went out.
     presence: Option<Value>,
     presence_sent: Option<Instant>,
+    presence_tick: bool,
 }
 
 impl Session {
@@ -160,6 +161,7 @@ impl Session {
             peer_diagnostics: HashSet::new(),
             presence: None,
             presence_sent: None,
+            presence_tick: false,
         }
     }
 
@@ -222,6 +224,7 @@ impl Session {
                 for uri in uris {
                     self.flush(&uri);
                 }
+                self.presence_tick = false;
                 self.send_presence();
             }
         }
@@ -591,9 +594,9 @@ impl Session {
         let Some(doc) = self.docs.get_mut(uri) else {
             return;
         };
+        // Held: the tick scheduled with the hold looks again when it ends.
         if let Some(until) = doc.hold_until {
             if Instant::now() < until {
-                tick_at(&self.events, until);
                 return;
             }
             doc.hold_until = None;
@@ -762,7 +765,10 @@ impl Session {
         }
         if let Some(due) = self.presence_sent.map(|sent| sent + PRESENCE_INTERVAL) {
             if Instant::now() < due {
-                tick_at(&self.events, due);
+                // One tick per interval, however many cursor moves come meanwhile.
+                if !std::mem::replace(&mut self.presence_tick, true) {
+                    tick_at(&self.events, due);
+                }
                 return;
             }
         }
@@ -878,7 +884,9 @@ impl Session {
             // Helix restores the text it saved at this request when the user previews an item:
             // a peer's edit applied meanwhile would vanish and its deletion come back as the
             // user's. Hold peers' edits until the user's next change.
-            doc.hold_until = Some(Instant::now() + COMPLETION_HOLD);
+            let until = Instant::now() + COMPLETION_HOLD;
+            doc.hold_until = Some(until);
+            tick_at(&self.events, until);
         }
         let text = doc.shadow.text();
         let (cursor, _) = encoding::position_to_char(text, position, self.encoding);

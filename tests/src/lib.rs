@@ -7,6 +7,7 @@
 //! ([`pg::Cluster`]). Every process a test starts is killed when its handle drops.
 
 pub mod editor;
+pub mod jsonlines;
 pub mod node;
 pub mod pg;
 pub mod server;

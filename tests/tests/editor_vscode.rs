@@ -12,19 +12,18 @@
 //! browser; the extension's own state (document text, status-bar text, decorations) is read
 //! from the file it writes when `DUET_TEST_STATE_FILE` is set, not from the DOM.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use duet_e2e::jsonlines::JsonLines;
 use duet_e2e::server::{Backend, Database, Server, TempDir};
 use duet_e2e::yclient::YClient;
 use duet_e2e::{binary, eventually, workspace};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::process::Command;
+use tokio::sync::oneshot;
 use yrs::Text;
 
 const CODE_SERVER_VERSION: &str = "4.100.3";
@@ -79,16 +78,10 @@ fn vsix() -> PathBuf {
     vsix
 }
 
-type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
-
 /// `tests/vscode/driver.mjs`: one code-server and one Chromium page. Everything it started is
 /// killed when this drops (the driver itself, and code-server's and Chromium's process groups).
 struct VsCode {
-    child: Child,
-    stdin: ChildStdin,
-    next_id: u64,
-    waiters: Waiters,
-    events: mpsc::UnboundedReceiver<Value>,
+    process: JsonLines,
     groups: Arc<Mutex<Vec<u32>>>,
     state_file: PathBuf,
     scratch: PathBuf,
@@ -110,7 +103,8 @@ impl VsCode {
         );
         let vsix = vsix();
         let log = std::fs::File::create(scratch.join("driver.log")).expect("driver log");
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg(driver_dir.join("driver.mjs"))
             .arg("--code-server")
             .arg(&code_server)
@@ -124,59 +118,32 @@ impl VsCode {
             .arg("100000")
             .env("DUET_LOG", "debug")
             .env("DUET_LOG_FILE", scratch.join("duet-lsp.log"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start node tests/vscode/driver.mjs (is Node.js installed?)");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let waiters: Waiters = Arc::default();
+            .stderr(log);
+        // code-server's and Chromium's process groups, to kill when the test ends even if the
+        // driver died: recorded as the driver announces them, whoever reads the events.
         let groups: Arc<Mutex<Vec<u32>>> = Arc::default();
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let (routes, pids) = (waiters.clone(), groups.clone());
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(value) = serde_json::from_str::<Value>(&line) else {
-                    eprintln!("driver: {line}");
-                    continue;
-                };
-                if value["event"] == "pids" {
-                    let mut pids = pids.lock().expect("pids");
-                    for key in ["codeServer", "chromium"] {
-                        if let Some(pid) = value[key].as_u64() {
-                            if !pids.contains(&(pid as u32)) {
-                                pids.push(pid as u32);
-                            }
-                        }
-                    }
-                    continue;
-                }
-                match value.get("id").and_then(Value::as_u64) {
-                    Some(id) => {
-                        if let Some(waiter) = routes.lock().expect("waiters").remove(&id) {
-                            let _ = waiter.send(value);
-                        }
-                    }
-                    None => {
-                        let _ = events_tx.send(value);
+        let pids = groups.clone();
+        let process = JsonLines::spawn(command, move |event| {
+            if event["event"] != "pids" {
+                return false;
+            }
+            let mut pids = pids.lock().expect("pids");
+            for key in ["codeServer", "chromium"] {
+                if let Some(pid) = event[key].as_u64() {
+                    if !pids.contains(&(pid as u32)) {
+                        pids.push(pid as u32);
                     }
                 }
             }
+            true
         });
         let mut vscode = VsCode {
-            child,
-            stdin,
-            next_id: 1,
-            waiters,
-            events,
+            process,
             groups,
             state_file: scratch.join("duet-state.json"),
             scratch: scratch.to_path_buf(),
         };
-        let ready = tokio::time::timeout(Duration::from_secs(45), vscode.events.recv())
+        let ready = tokio::time::timeout(Duration::from_secs(45), vscode.process.events.recv())
             .await
             .unwrap_or_else(|_| vscode.fail("VS Code to be ready within 45 s"))
             .unwrap_or_else(|| vscode.fail("the driver exited before VS Code was ready"));
@@ -205,18 +172,8 @@ impl VsCode {
     }
 
     /// Sends a command; returns a receiver for its answer.
-    async fn send(&mut self, mut command: Value) -> oneshot::Receiver<Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        command["id"] = json!(id);
-        let (tx, rx) = oneshot::channel();
-        self.waiters.lock().expect("waiters").insert(id, tx);
-        let line = format!("{command}\n");
-        self.stdin
-            .write_all(line.as_bytes())
-            .await
-            .expect("write to the driver");
-        rx
+    async fn send(&mut self, command: Value) -> oneshot::Receiver<Value> {
+        self.process.send(command).await
     }
 
     async fn call(&mut self, command: Value) -> Value {
@@ -297,7 +254,7 @@ impl VsCode {
     async fn quit(mut self) {
         let rx = self.send(json!({"cmd": "quit"})).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.process.child.wait()).await;
     }
 }
 
@@ -335,7 +292,6 @@ impl Drop for VsCode {
                 .stderr(Stdio::null())
                 .status();
         }
-        let _ = self.child.start_kill();
     }
 }
 

@@ -1,7 +1,7 @@
 //! The REST API of a real `duet-server`, every status code, on both stores.
 
 use duet_e2e::on_both_backends;
-use duet_e2e::server::{Backend, Database, Server};
+use duet_e2e::server::{Backend, Database, RoomRef, Server};
 use serde_json::{json, Value};
 
 on_both_backends! {
@@ -33,15 +33,11 @@ async fn rooms_are_created_read_and_deleted(backend: Backend) {
     );
     assert_eq!(created["files"], json!(["main.py", "src/lib.py"]));
 
-    let info: Value = http
-        .get(server.url(&format!("/rooms/{id}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let room = RoomRef {
+        id: id.to_string(),
+        token: token.to_string(),
+    };
+    let info = server.room_info(&room).await;
     assert_eq!(info["name"], "demo");
     assert_eq!(
         info["files"],
