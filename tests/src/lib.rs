@@ -9,6 +9,7 @@
 pub mod editor;
 pub mod jsonlines;
 pub mod node;
+pub mod nvim;
 pub mod pg;
 pub mod server;
 pub mod yclient;
