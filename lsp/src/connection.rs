@@ -5,6 +5,11 @@
 //! connection that sends much faster). Whatever queues up meanwhile — a macro replayed at
 //! thousands of keystrokes a second — is merged: all document updates into one, and only the
 //! latest presence. Ordinary typing never waits.
+//!
+//! A network that silently stops carrying packets (Wi-Fi gone, laptop lid) closes nothing: the
+//! bridge pings every [`PING_EVERY`] and gives the connection up after [`SILENCE_LIMIT`]
+//! without a frame from the server, so the user is told and the bridge reconnects; connecting
+//! and sending are bounded by the same limit.
 
 use std::time::Duration;
 
@@ -57,19 +62,29 @@ impl Connection {
 /// Messages per second we send at most, in bursts of as many: half the server's default limit.
 pub const SEND_RATE: u32 = 100;
 const FIRST_RETRY: Duration = Duration::from_millis(250);
-const LAST_RETRY: Duration = Duration::from_secs(5);
+/// The longest wait between reconnection attempts: short, so a pair is back together within
+/// seconds of the network or the server returning (a reconnect costs the server one sync).
+const LAST_RETRY: Duration = Duration::from_secs(2);
+/// How often the bridge pings the server (the server answers every ping).
+pub const PING_EVERY: Duration = Duration::from_secs(2);
+/// How long the server may stay silent — no frame, no pong — before the connection counts as
+/// lost; also the limit for connecting and for sending one frame.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(6);
 
 async fn run(url: String, mut frames: mpsc::UnboundedReceiver<Vec<u8>>, emit: impl Fn(NetEvent)) {
     let mut backoff = FIRST_RETRY;
     loop {
         // Small, latency-bound messages: without TCP_NODELAY, Nagle's algorithm and the
         // server's delayed ACK hold some back for up to 40 ms.
-        match tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await {
-            Ok((socket, _)) => {
+        let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true);
+        match tokio::time::timeout(SILENCE_LIMIT, connecting).await {
+            Ok(Ok((socket, _))) => {
                 backoff = FIRST_RETRY;
                 emit(NetEvent::Connected);
                 let (mut sink, mut stream) = socket.split();
                 let mut pace = Pace::new();
+                let mut heard = Instant::now();
+                let mut pings = tokio::time::interval(PING_EVERY);
                 let ended = loop {
                     tokio::select! {
                         frame = frames.recv() => {
@@ -83,8 +98,8 @@ async fn run(url: String, mut frames: mpsc::UnboundedReceiver<Vec<u8>>, emit: im
                             let mut failed = None;
                             for frame in coalesce(batch) {
                                 pace.spend();
-                                if let Err(e) = sink.send(Message::Binary(frame.into())).await {
-                                    failed = Some(e.to_string());
+                                if let Err(e) = send(&mut sink, Message::Binary(frame.into())).await {
+                                    failed = Some(e);
                                     break;
                                 }
                             }
@@ -92,18 +107,32 @@ async fn run(url: String, mut frames: mpsc::UnboundedReceiver<Vec<u8>>, emit: im
                                 break Ended::Lost(e);
                             }
                         }
-                        incoming = stream.next() => match incoming {
-                            Some(Ok(Message::Binary(data))) => emit(NetEvent::Frame(data.to_vec())),
-                            Some(Ok(Message::Close(frame))) => {
-                                let (code, reason) = frame
-                                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                                    .unwrap_or((1005, String::new()));
-                                break Ended::Closed(code, reason);
+                        _ = pings.tick() => {
+                            if heard.elapsed() > SILENCE_LIMIT {
+                                break Ended::Lost(format!(
+                                    "no answer from the server for {} s",
+                                    SILENCE_LIMIT.as_secs()
+                                ));
                             }
-                            Some(Ok(_)) => {}
-                            Some(Err(e)) => break Ended::Lost(e.to_string()),
-                            None => break Ended::Lost("connection closed".into()),
-                        },
+                            if let Err(e) = send(&mut sink, Message::Ping(Vec::new().into())).await {
+                                break Ended::Lost(e);
+                            }
+                        }
+                        incoming = stream.next() => {
+                            heard = Instant::now();
+                            match incoming {
+                                Some(Ok(Message::Binary(data))) => emit(NetEvent::Frame(data.to_vec())),
+                                Some(Ok(Message::Close(frame))) => {
+                                    let (code, reason) = frame
+                                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                                        .unwrap_or((1005, String::new()));
+                                    break Ended::Closed(code, reason);
+                                }
+                                Some(Ok(_)) => {}
+                                Some(Err(e)) => break Ended::Lost(e.to_string()),
+                                None => break Ended::Lost("connection closed".into()),
+                            }
+                        }
                     }
                 };
                 match ended {
@@ -119,7 +148,7 @@ async fn run(url: String, mut frames: mpsc::UnboundedReceiver<Vec<u8>>, emit: im
                     Ended::Lost(reason) => emit(NetEvent::Disconnected(reason)),
                 }
             }
-            Err(WsError::Http(response)) if response.status().is_client_error() => {
+            Ok(Err(WsError::Http(response))) if response.status().is_client_error() => {
                 let status = response.status();
                 let why = match status.as_u16() {
                     401 | 403 => "the invite's token is wrong for this room",
@@ -130,10 +159,29 @@ async fn run(url: String, mut frames: mpsc::UnboundedReceiver<Vec<u8>>, emit: im
                 emit(NetEvent::Refused(format!("{why} (HTTP {status})")));
                 return;
             }
-            Err(e) => emit(NetEvent::Disconnected(e.to_string())),
+            Ok(Err(e)) => emit(NetEvent::Disconnected(e.to_string())),
+            Err(_) => emit(NetEvent::Disconnected(format!(
+                "no answer from the server for {} s",
+                SILENCE_LIMIT.as_secs()
+            ))),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(LAST_RETRY);
+    }
+}
+
+/// Sends one frame, within [`SILENCE_LIMIT`].
+async fn send<S>(sink: &mut S, message: Message) -> Result<(), String>
+where
+    S: SinkExt<Message, Error = WsError> + Unpin,
+{
+    match tokio::time::timeout(SILENCE_LIMIT, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the server took no data for {} s",
+            SILENCE_LIMIT.as_secs()
+        )),
     }
 }
 

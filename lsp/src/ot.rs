@@ -146,6 +146,30 @@ impl Operation {
         Operation::from_edits(base_len, &[Edit::new(start, end, text)])
     }
 
+    /// Replaces chars `start..end` of `base` with `text`, leaving out what the replaced and
+    /// the new text have in common at either end: Neovim reports changes as line diffs whose
+    /// range can cover text that stays as it was, and re-inserting that text would give it
+    /// new identities in the CRDT (a peer's concurrent edit inside it would then be lost or
+    /// land twice).
+    pub fn replace_trimmed(
+        base: &Rope,
+        start: usize,
+        end: usize,
+        text: &str,
+    ) -> Result<Self, OpError> {
+        if start > end || end > base.len_chars() {
+            return Err(OpError::EditOutOfRange {
+                start,
+                end,
+                len: base.len_chars(),
+            });
+        }
+        let edits: Vec<Edit> = trim_edit(base, Edit::new(start, end, text))
+            .into_iter()
+            .collect();
+        Operation::from_edits(base.len_chars(), &edits)
+    }
+
     /// Builds an operation from edits on a text of `base_len` chars, given in base
     /// coordinates, in order and not overlapping (touching is fine).
     pub fn from_edits(base_len: usize, edits: &[Edit]) -> Result<Self, OpError> {
@@ -549,6 +573,60 @@ impl Operation {
         })
     }
 
+    /// Like [`Operation::diff`], for texts that differ only in how their line breaks are
+    /// written (`\r\n`, `\r`, `\n`) and in a line break at the end: one small edit per
+    /// rewritten break, and the text between breaks kept. (A single replacement of the span
+    /// between the first and the last rewritten break would delete and re-insert that text:
+    /// two bridges adopting the same rewrite at once would then insert it twice; dropping the
+    /// same `\r` twice drops it once.) Texts that differ otherwise get [`Operation::diff`].
+    pub fn diff_line_breaks(old: &Rope, new: &Rope) -> Operation {
+        let (a, b): (Vec<char>, Vec<char>) = (old.chars().collect(), new.chars().collect());
+        let mut op = Operation::new();
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let (x, y) = (a.get(i).copied(), b.get(j).copied());
+            match (x, y) {
+                _ if x == y => {
+                    op.retain(1);
+                    i += 1;
+                    j += 1;
+                }
+                // `\r\n` written `\n`: drop the `\r`.
+                (Some('\r'), Some('\n')) if a.get(i + 1) == Some(&'\n') => {
+                    op.delete(1);
+                    i += 1;
+                }
+                // `\n` written `\r\n`: add the `\r`.
+                (Some('\n'), Some('\r')) if b.get(j + 1) == Some(&'\n') => {
+                    op.insert("\r");
+                    j += 1;
+                }
+                // A lone `\r` written `\n`, or `\r\n`: the `\n` replaces or follows it.
+                (Some('\r'), Some('\n')) => {
+                    op.insert("\n").delete(1);
+                    i += 1;
+                    j += 1;
+                }
+                // A lone `\r` written `\r\n`: add the `\n`.
+                (_, Some('\n')) if i > 0 && a[i - 1] == '\r' && j > 0 && b[j - 1] == '\r' => {
+                    op.insert("\n");
+                    j += 1;
+                }
+                // A line break added or removed at the end.
+                (None, Some('\n' | '\r')) => {
+                    op.insert(&b[j].to_string());
+                    j += 1;
+                }
+                (Some('\n' | '\r'), None) => {
+                    op.delete(1);
+                    i += 1;
+                }
+                _ => return Operation::diff(old, new),
+            }
+        }
+        op
+    }
+
     /// Builds an operation from components whose retain and delete counts are UTF-16 code
     /// units (what Yjs reports), on the text `base`.
     pub fn from_utf16(
@@ -925,6 +1003,51 @@ pub(crate) mod tests {
         );
         let same = Operation::replace(11, 2, 5, "llo").unwrap();
         assert!(same.simplify(&base).unwrap().is_noop());
+    }
+
+    #[test]
+    fn line_break_rewrites_are_small_edits() {
+        let cases = [
+            ("a\r\nb\r\nc", "a\nb\nc", 2),
+            ("a\nb\nc", "a\r\nb\r\nc", 2),
+            ("a\rb", "a\nb", 1),
+            ("a\rb", "a\r\nb", 1),
+            ("x 🎉\r\nwindows 世\r\n", "x 🎉\nwindows 世\n", 2),
+            ("text\n", "text\n\n", 1),
+            ("text\n", "text", 1),
+            ("abc\r\n", "abd\n", 1),
+        ];
+        for (old, new, edits) in cases {
+            let (o, n) = (Rope::from_str(old), Rope::from_str(new));
+            let d = Operation::diff_line_breaks(&o, &n);
+            assert_eq!(d.apply(&o).unwrap(), n, "{old:?} -> {new:?}");
+            assert_eq!(d.edits().len(), edits, "{old:?} -> {new:?}: {d:?}");
+            // Nothing but line breaks is deleted (except where the texts differ otherwise).
+            if !old.starts_with("abc") {
+                let deleted: String = d
+                    .edits()
+                    .iter()
+                    .flat_map(|e| o.slice(e.start..e.end).chars().collect::<Vec<_>>())
+                    .collect();
+                assert!(
+                    deleted.chars().all(|c| c == '\r' || c == '\n'),
+                    "{deleted:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn replacements_leave_out_what_stays() {
+        let base = Rope::from_str("ab«x»cd\nrest");
+        // Neovim-style: the whole line replaced by itself plus an insertion in the middle.
+        let op = Operation::replace_trimmed(&base, 0, 7, "ab«x»NEW\ncd").unwrap();
+        assert_eq!(op.apply(&base).unwrap(), "ab«x»NEW\ncd\nrest");
+        assert_eq!(op.edits(), vec![Edit::new(5, 5, "NEW\n")]);
+        assert!(Operation::replace_trimmed(&base, 1, 3, "b«")
+            .unwrap()
+            .is_noop());
+        assert!(Operation::replace_trimmed(&base, 3, 99, "").is_err());
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct Received {
     pub synced: bool,
     /// The document changed.
     pub doc_changed: bool,
+    /// Part of what arrived waits for something we never received.
+    pub waiting: bool,
     /// Somebody's presence changed.
     pub presence_changed: bool,
 }
@@ -82,10 +84,15 @@ impl Replica {
 
     /// Opens the conversation after (re)connecting: our state vector, and our presence.
     pub fn hello(&self) -> Vec<Vec<u8>> {
-        let sv = self.doc().transact().state_vector();
-        let mut frames = vec![Message::Sync(SyncMessage::SyncStep1(sv)).encode_v1()];
+        let mut frames = vec![self.sync_request()];
         frames.extend(self.own_presence());
         frames
+    }
+
+    /// Sync step 1: our state vector, to which the server answers with all we lack.
+    pub fn sync_request(&self) -> Vec<u8> {
+        let sv = self.doc().transact().state_vector();
+        Message::Sync(SyncMessage::SyncStep1(sv)).encode_v1()
     }
 
     /// Handles one frame from the server.
@@ -99,11 +106,11 @@ impl Replica {
                 out.reply = Some(Message::Sync(SyncMessage::SyncStep2(update)).encode_v1());
             }
             Message::Sync(SyncMessage::SyncStep2(update)) => {
-                out.doc_changed = self.apply_remote(&update)?;
+                (out.doc_changed, out.waiting) = self.apply_remote(&update)?;
                 out.synced = true;
             }
             Message::Sync(SyncMessage::Update(update)) => {
-                out.doc_changed = self.apply_remote(&update)?
+                (out.doc_changed, out.waiting) = self.apply_remote(&update)?;
             }
             Message::Awareness(update) => {
                 self.awareness
@@ -116,14 +123,16 @@ impl Replica {
         Ok(out)
     }
 
-    fn apply_remote(&mut self, update: &[u8]) -> Result<bool, String> {
+    /// Applies a peer's update: whether the document changed, and whether part of it (or of
+    /// an earlier one) still waits for something it builds on.
+    fn apply_remote(&mut self, update: &[u8]) -> Result<(bool, bool), String> {
         let update = Update::decode_v1(update).map_err(|e| format!("malformed update: {e}"))?;
         let mut txn = self.doc().transact_mut();
         txn.apply_update(update)
             .map_err(|e| format!("invalid update: {e}"))?;
         let (changed, waiting) = (txn.has_changes(), txn.store().pending_update().is_some());
         tracing::debug!(changed, waiting, "remote update applied");
-        Ok(changed)
+        Ok((changed, waiting))
     }
 
     /// The changes peers made to linked files since the last call.
@@ -144,6 +153,13 @@ impl Replica {
         let text = self.text_ref(path)?;
         let txn = self.doc().transact();
         Some(text.get_string(&txn))
+    }
+
+    /// The file's length in UTF-16 code units, without copying its text.
+    pub fn len_utf16(&self, path: &str) -> Option<usize> {
+        let text = self.text_ref(path)?;
+        let txn = self.doc().transact();
+        Some(text.len(&txn) as usize)
     }
 
     /// Paths of every file in the room.
@@ -335,5 +351,132 @@ mod tests {
         // Concurrent creations: one of the two texts wins the map entry, everywhere.
         let winner = a.text("x.txt").unwrap();
         assert_eq!(a.link_broken("x.txt"), winner == "theirs");
+    }
+
+    /// Peers' deltas, applied in order to a mirror of the text, always give the replica's
+    /// text: with concurrent edits, updates arriving out of order (held until their
+    /// dependencies arrive), twice, merged, and whole-state syncs after reconnecting.
+    #[test]
+    fn remote_deltas_always_rebuild_the_text() {
+        use crate::ot::tests::Rng;
+        use crate::ot::Operation;
+        use ropey::Rope;
+        const PIECES: &[&str] = &["a", "é", "🎉", "👩\u{200d}💻", "世界", "\n", "\r\n", "xyz"];
+        for seed in 0..300u64 {
+            let mut rng = Rng::new(seed);
+            let mut peers = [Replica::new(), Replica::new()];
+            let mut b = Replica::new();
+            let first = peers[0].create("f.txt", "start\n");
+            b.receive(&first).unwrap();
+            peers[1].receive(&first).unwrap();
+            let mut mirror = Rope::from_str(&b.link("f.txt").unwrap());
+            let mut queue: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..60 {
+                let who = rng.below(2);
+                let p = &mut peers[who];
+                p.link("f.txt");
+                let len = p
+                    .text_ref("f.txt")
+                    .map(|t| t.len(&p.doc().transact()))
+                    .unwrap() as usize;
+                let text: Vec<u16> = p.text("f.txt").unwrap().encode_utf16().collect();
+                // A boundary that does not split a surrogate pair.
+                let mut at = rng.below(len + 1);
+                while at > 0 && at < len && (0xDC00..0xE000).contains(&text[at]) {
+                    at -= 1;
+                }
+                let mut end = (at + rng.below(6)).min(len);
+                while end < len && (0xDC00..0xE000).contains(&text[end]) {
+                    end += 1;
+                }
+                let delete = if rng.below(3) == 0 { end - at } else { 0 };
+                let insert = if delete == 0 || rng.below(2) == 0 {
+                    PIECES[rng.below(PIECES.len())].to_string()
+                } else {
+                    String::new()
+                };
+                let frame = p
+                    .edit(
+                        "f.txt",
+                        &[Splice {
+                            index: at,
+                            delete,
+                            insert,
+                        }],
+                    )
+                    .unwrap();
+                queue.push(frame.clone());
+                // Peers see each other's edits sometimes, so edits are concurrent or not.
+                if rng.below(2) == 0 {
+                    let (x, y) = peers.split_at_mut(1);
+                    let (from, to) = if who == 0 {
+                        (&x[0], &mut y[0])
+                    } else {
+                        (&y[0], &mut x[0])
+                    };
+                    relay(from, to);
+                }
+                // b gets some of the queued frames, in any order, some twice; or everything
+                // the peers have at once (a sync after reconnecting).
+                while !queue.is_empty() && rng.below(3) > 0 {
+                    let i = rng.below(queue.len());
+                    let frame = if rng.below(4) == 0 {
+                        queue[i].clone()
+                    } else {
+                        queue.swap_remove(i)
+                    };
+                    b.receive(&frame).unwrap();
+                }
+                if rng.below(10) == 0 {
+                    let from = &peers[rng.below(2)];
+                    let update = from
+                        .doc()
+                        .transact()
+                        .encode_state_as_update_v1(&Default::default());
+                    b.receive(&update_frame(update)).unwrap();
+                }
+                for (_, components) in b.take_remote_changes() {
+                    let op = Operation::from_utf16(&mirror, components).unwrap();
+                    op.apply_to(&mut mirror).unwrap();
+                }
+                // b types too (its own edits are not reported; the mirror follows them).
+                if rng.below(3) == 0 && mirror == b.text("f.txt").unwrap() {
+                    let len = mirror.len_chars();
+                    let at = rng.below(len + 1);
+                    let index = mirror.char_to_utf16_cu(at);
+                    let delete = if at < len && rng.below(2) == 0 {
+                        mirror.char_to_utf16_cu(at + 1) - index
+                    } else {
+                        0
+                    };
+                    let frame = b
+                        .edit(
+                            "f.txt",
+                            &[Splice {
+                                index,
+                                delete,
+                                insert: "B".into(),
+                            }],
+                        )
+                        .unwrap();
+                    mirror = Rope::from_str(&b.text("f.txt").unwrap());
+                    for p in peers.iter_mut() {
+                        if rng.below(2) == 0 {
+                            p.receive(&frame).unwrap();
+                        }
+                    }
+                    if rng.below(2) == 0 {
+                        for p in peers.iter_mut() {
+                            relay(&b, p);
+                        }
+                    }
+                }
+                assert_eq!(
+                    mirror.to_string(),
+                    b.text("f.txt").unwrap(),
+                    "seed {seed}: the deltas no longer describe the text"
+                );
+            }
+        }
     }
 }

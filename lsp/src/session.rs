@@ -37,6 +37,9 @@ pub const COMMANDS: [&str; 4] = [
 const APPLY_EDIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long remote edits are held for a Helix document after a completion request.
 const COMPLETION_HOLD: Duration = Duration::from_secs(3);
+/// How long after a rejection that no `didChange` explained an edit is sent again, unchecked:
+/// long enough for a completion preview's own `didChange` (if the user accepts) to come first.
+const REJECTION_RETRY: Duration = Duration::from_secs(1);
 /// Our presence goes out at most this often: a cursor update per keystroke would double the
 /// traffic for nothing anyone can see.
 const PRESENCE_INTERVAL: Duration = Duration::from_millis(100);
@@ -88,6 +91,9 @@ struct Document {
     linked: bool,
     /// Remote edits are held back until then (Helix's completion preview, see DESIGN.md).
     hold_until: Option<Instant>,
+    /// An edit was rejected and nothing came from the editor since: when to send it again,
+    /// unchecked (see [`Shadow::retry_after_rejection`]).
+    retry_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +111,9 @@ struct Room {
     ever_synced: bool,
     /// The user was told the server cannot be reached (once per join).
     warned_unreachable: bool,
+    /// When we last asked the server again for what we lack: an update that waits for one
+    /// that never came.
+    asked_again: Option<Instant>,
 }
 
 /// A message to the editor, queued for the outbox task.
@@ -131,6 +140,9 @@ pub struct Session {
     presence: Option<Value>,
     presence_sent: Option<Instant>,
     presence_tick: bool,
+    /// The last `duet/status` sent, so that an unchanged one is not sent again (peers moving
+    /// their cursors change `duet/peers` only).
+    status_sent: Option<Value>,
 }
 
 impl Session {
@@ -158,6 +170,7 @@ impl Session {
             room: None,
             generation: 0,
             cursor_from_editor: false,
+            status_sent: None,
             peer_diagnostics: HashSet::new(),
             presence: None,
             presence_sent: None,
@@ -197,6 +210,10 @@ impl Session {
                     if let Err(e) = doc.shadow.apply_edit_answered(id, applied) {
                         tracing::warn!(%uri, error = %e, "applyEdit answer left the shadow inconsistent");
                         self.resync(&uri);
+                    } else if doc.shadow.is_blocked() && doc.retry_at.is_none() {
+                        let at = Instant::now() + REJECTION_RETRY;
+                        doc.retry_at = Some(at);
+                        tick_at(&self.events, at);
                     }
                 }
                 self.flush(&uri);
@@ -356,6 +373,7 @@ impl Session {
             link: Link::Connecting,
             ever_synced: false,
             warned_unreachable: false,
+            asked_again: None,
         });
         self.status();
     }
@@ -385,6 +403,20 @@ impl Session {
                 Ok(received) => {
                     if let Some(reply) = received.reply {
                         room.connection.send(reply);
+                    }
+                    // Updates wait only until what they build on arrives, which the server
+                    // sends first. If something still waits, a frame went missing on the
+                    // way: ask for everything we lack again (at most once a second).
+                    if received.waiting
+                        && room
+                            .asked_again
+                            .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+                    {
+                        tracing::warn!(
+                            "an update waits for one that never came; asking the server again"
+                        );
+                        room.asked_again = Some(Instant::now());
+                        room.connection.send(room.replica.sync_request());
                     }
                     if received.synced && room.link != Link::Synced {
                         self.synced();
@@ -562,6 +594,7 @@ impl Session {
             })
             .map(|(uri, _)| uri.clone())
             .collect();
+        broken.extend(touched.iter().filter(|uri| !self.in_step(uri)).cloned());
         for uri in broken {
             self.resync(&uri);
         }
@@ -574,6 +607,33 @@ impl Session {
         for uri in touched {
             self.flush(&uri);
         }
+    }
+
+    /// Whether the shadow's idea of the room's text still matches the replica's: always their
+    /// lengths, and in debug builds (the tests) the texts themselves. A mismatch is a bug; it
+    /// is logged, and the caller re-bases the document on the room's text.
+    fn in_step(&self, uri: &Url) -> bool {
+        let (Some(room), Some(doc)) = (self.room.as_ref(), self.docs.get(uri)) else {
+            return true;
+        };
+        let Some(path) = doc.path.as_deref().filter(|_| doc.linked) else {
+            return true;
+        };
+        let ours = doc.shadow.crdt_text();
+        let same = if cfg!(debug_assertions) {
+            room.replica.text(path).is_some_and(|t| *ours == t)
+        } else {
+            room.replica.len_utf16(path) == Some(ours.len_utf16_cu())
+        };
+        if !same {
+            tracing::error!(
+                %path,
+                shadow = %ours,
+                room = ?room.replica.text(path),
+                "the document's shadow lost track of the room's text; resyncing"
+            );
+        }
+        same
     }
 
     /// Re-bases a document on the room's text after the shadow lost track.
@@ -600,6 +660,13 @@ impl Session {
                 return;
             }
             doc.hold_until = None;
+        }
+        if let Some(at) = doc.retry_at {
+            if Instant::now() < at {
+                return;
+            }
+            doc.retry_at = None;
+            doc.shadow.retry_after_rejection();
         }
         let edit = match doc.shadow.next_apply_edit() {
             Ok(Some(edit)) => edit,
@@ -659,6 +726,7 @@ impl Session {
                 shadow: Shadow::new(&item.text, item.version, self.encoding),
                 linked: false,
                 hold_until: None,
+                retry_at: None,
             },
         );
         self.link(&item.uri);
@@ -672,9 +740,12 @@ impl Session {
             return;
         };
         doc.hold_until = None;
+        doc.retry_at = None;
         // One change at a time, so that the identifier index can follow each in O(line): the
         // shadow processes a notification's changes one by one anyway.
         let mut splices = Vec::new();
+        // Where the user last typed (not where an applied peer's edit was echoed).
+        let mut typed_at = None;
         for change in &params.content_changes {
             let (first, old) = affected_lines(doc.shadow.text(), change);
             match doc
@@ -684,6 +755,9 @@ impl Session {
                 Ok(local) => {
                     if local.clamped {
                         tracing::warn!(%uri, "didChange had positions out of range; clamped");
+                    }
+                    if local.echoes == 0 && !local.splices.is_empty() {
+                        typed_at = change_end(change).or(typed_at);
                     }
                     splices.extend(local.splices);
                 }
@@ -705,11 +779,14 @@ impl Session {
                 if let Some(frame) = room.replica.edit(&path, &splices) {
                     room.connection.send(frame);
                 }
+                if !self.in_step(&uri) {
+                    self.resync(&uri);
+                }
             }
             if !self.cursor_from_editor {
                 // Editors without our plugin do not say where the cursor is: use where the
-                // user just typed.
-                if let Some(end) = params.content_changes.last().and_then(change_end) {
+                // user just typed (the echo of a peer's edit is not the user's cursor).
+                if let Some(end) = typed_at {
                     self.set_cursor(&uri, end, end);
                 }
             }
@@ -1005,8 +1082,22 @@ impl Session {
                 Ok(None)
             }
             "duet.status" => {
-                let status = self.status_value();
+                let mut status = self.status_value();
                 self.show(MessageType::INFO, format!("duet: {status}"));
+                if let Some(room) = &self.room {
+                    // Compare with `sha256sum`, or with another bridge's status: equal digests,
+                    // equal texts.
+                    let digests: serde_json::Map<String, Value> = room
+                        .replica
+                        .paths()
+                        .into_iter()
+                        .map(|path| {
+                            let digest = room.replica.text(&path).map(|t| sha256_hex(&t));
+                            (path, json!(digest))
+                        })
+                        .collect();
+                    status["sha256"] = json!(digests);
+                }
                 Ok(Some(status))
             }
             other => Err(format!(
@@ -1086,12 +1177,15 @@ impl Session {
 
     // ----- talking to the editor ---------------------------------------------------------------
 
-    fn status(&self) {
+    fn status(&mut self) {
         let mut status = self.status_value();
         if let Some(o) = status.as_object_mut() {
             o.remove("invite");
         }
-        self.notify::<StatusNotification>(status);
+        if self.status_sent.as_ref() != Some(&status) {
+            self.status_sent = Some(status.clone());
+            self.notify::<StatusNotification>(status);
+        }
     }
 
     /// Queues a message to the editor. Messages go out one after another, in the order they
@@ -1226,4 +1320,13 @@ pub enum PeersNotification {}
 impl notification::Notification for PeersNotification {
     type Params = Value;
     const METHOD: &'static str = "duet/peers";
+}
+
+/// The SHA-256 of a text's UTF-8 bytes, in lowercase hex (as `sha256sum` prints it).
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

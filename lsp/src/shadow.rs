@@ -56,8 +56,10 @@
 //!   and the edit is re-sent.
 //! - `applied: false` voids the edit. If no `didChange` came since it was sent, the editor's
 //!   version moved without telling us (Helix's completion preview): nothing is re-sent until
-//!   the next `didChange` or [`Shadow::retry_after_rejection`], so a stale version is not
-//!   hammered in a loop.
+//!   the next `didChange` (which tells the version), or until [`Shadow::retry_after_rejection`]
+//!   (the session calls it after a quiet second) sends it unchecked, with version null — so a
+//!   stale version is not hammered in a loop, and a user who stops typing after dismissing a
+//!   completion still gets peers' edits.
 //!
 //! Limits:
 //! - One applyEdit is one contiguous edit: the first hunk of `pending`, so the editor's
@@ -145,8 +147,10 @@ impl LocalEdits {
 pub struct ApplyEdit {
     /// Pass back to [`Shadow::apply_edit_answered`] with the reply.
     pub id: u64,
-    /// The document version to send: the last one the editor reported, never null.
-    pub version: i32,
+    /// The document version to send: the last one the editor reported; `None` (null, not
+    /// checked by the editor) only after a rejection that no `didChange` explained, when the
+    /// editor's version is unknown (see [`Shadow::retry_after_rejection`]).
+    pub version: Option<i32>,
     /// The range to replace, in the negotiated position encoding.
     pub range: Range,
     pub new_text: String,
@@ -166,7 +170,7 @@ impl ApplyEdit {
             document_changes: Some(DocumentChanges::Edits(vec![TextDocumentEdit {
                 text_document: OptionalVersionedTextDocumentIdentifier {
                     uri,
-                    version: Some(self.version),
+                    version: self.version,
                 },
                 edits: vec![OneOf::Left(self.text_edit())],
             }])),
@@ -195,16 +199,16 @@ enum Flight {
 #[derive(Debug, Clone)]
 struct InFlight {
     id: u64,
-    version: i32,
+    version: Option<i32>,
     range: Range,
     new_text: String,
     state: Flight,
 }
 
 impl InFlight {
-    /// Neovim skips its staleness check for version 0 (and null, which we never send).
+    /// Editors skip their staleness check for null, and Neovim also for version 0.
     fn unchecked(&self) -> bool {
-        self.version <= 0
+        self.version.is_none_or(|v| v <= 0)
     }
 }
 
@@ -221,6 +225,8 @@ pub struct Shadow {
     next_id: u64,
     /// An edit was rejected and no `didChange` came since: don't resend yet.
     blocked_by_rejection: bool,
+    /// The next edit goes out unchecked (see [`Shadow::retry_after_rejection`]).
+    unchecked_retry: bool,
 }
 
 impl Shadow {
@@ -238,6 +244,7 @@ impl Shadow {
             version,
             next_id: 1,
             blocked_by_rejection: false,
+            unchecked_retry: false,
         }
     }
 
@@ -298,6 +305,7 @@ impl Shadow {
         }
         self.version = version;
         self.blocked_by_rejection = false;
+        self.unchecked_retry = false;
         Ok(out)
     }
 
@@ -336,9 +344,10 @@ impl Shadow {
             encoding::chars_to_range(&self.shadow, edit.start..edit.end, self.encoding);
         let id = self.next_id;
         self.next_id += 1;
+        let version = (!std::mem::take(&mut self.unchecked_retry)).then_some(self.version);
         self.in_flight = Some(InFlight {
             id,
-            version: self.version,
+            version,
             range,
             new_text: edit.text.clone(),
             state: Flight::Sent {
@@ -351,7 +360,7 @@ impl Shadow {
         self.pending = rest;
         Ok(Some(ApplyEdit {
             id,
-            version: self.version,
+            version,
             range,
             new_text: edit.text,
             chars: edit.start..edit.end,
@@ -381,9 +390,20 @@ impl Shadow {
         Ok(())
     }
 
-    /// Allows re-sending after a rejection that no `didChange` explained (e.g. on a timer).
+    /// True while a rejection that no `didChange` explained holds edits back.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked_by_rejection
+    }
+
+    /// Re-sends after a rejection that no `didChange` explained (the session does it after a
+    /// quiet second). The editor's version moved without telling us — Helix's completion
+    /// preview, shown and dismissed — so the next edit goes out unchecked (version null):
+    /// nothing came from the editor since, so its text is the shadow's, and if the user types
+    /// before it lands, it is handled as a displaced edit.
     pub fn retry_after_rejection(&mut self) {
-        self.blocked_by_rejection = false;
+        if std::mem::take(&mut self.blocked_by_rejection) {
+            self.unchecked_retry = true;
+        }
     }
 
     /// Re-bases the shadow on the CRDT's full text, trusting the editor's `didChange` stream
@@ -412,12 +432,8 @@ impl Shadow {
         match change.range {
             Some(range) => {
                 let (chars, clamped) = encoding::range_to_chars(&self.shadow, range, self.encoding);
-                let op = Operation::replace(
-                    self.shadow.len_chars(),
-                    chars.start,
-                    chars.end,
-                    &change.text,
-                )?;
+                let op =
+                    Operation::replace_trimmed(&self.shadow, chars.start, chars.end, &change.text)?;
                 Ok((op, clamped))
             }
             None => Ok((
@@ -489,7 +505,7 @@ impl Shadow {
         if i == 0 {
             return Ok(());
         }
-        let op = Operation::diff(&self.shadow, &actual);
+        let op = Operation::diff_line_breaks(&self.shadow, &actual);
         self.local_edit(op, actual, out)
     }
 
@@ -765,7 +781,7 @@ mod tests {
         let mut s = Shadow::new("hello", 1, Utf16);
         remote(&mut s, 5, 5, " 🎉world");
         let e = s.next_apply_edit().unwrap().unwrap();
-        assert_eq!((e.version, e.new_text.as_str()), (1, " 🎉world"));
+        assert_eq!((e.version, e.new_text.as_str()), (Some(1), " 🎉world"));
         assert!(
             s.next_apply_edit().unwrap().is_none(),
             "one edit in flight at most"
@@ -799,7 +815,7 @@ mod tests {
         assert_eq!(s.crdt_text().to_string(), "ZabcX");
         s.apply_edit_answered(e1.id, false).unwrap();
         let e2 = s.next_apply_edit().unwrap().expect("re-sent");
-        assert_eq!((e2.version, e2.chars.clone()), (2, 4..4));
+        assert_eq!((e2.version, e2.chars.clone()), (Some(2), 4..4));
         let editor = apply("Zabc", &e2, Utf16);
         s.editor_changed(3, &[echo(&e2)]).unwrap();
         s.apply_edit_answered(e2.id, true).unwrap();
@@ -810,7 +826,7 @@ mod tests {
     #[test]
     fn rejection_without_a_didchange_waits_for_the_next_one() {
         // Helix's completion preview bumps the version without a didChange: a rejected edit
-        // is not re-sent in a loop at the same stale version.
+        // is not re-sent in a loop at the same stale version; a retry goes out unchecked.
         let mut s = Shadow::new("abc", 5, Utf8);
         remote(&mut s, 0, 0, "X");
         let e1 = s.next_apply_edit().unwrap().unwrap();
@@ -818,12 +834,16 @@ mod tests {
         assert!(s.next_apply_edit().unwrap().is_none());
         s.retry_after_rejection();
         let e2 = s.next_apply_edit().unwrap().expect("retry allowed");
+        assert_eq!(
+            e2.version, None,
+            "the version is unknown: the retry goes out unchecked"
+        );
         s.apply_edit_answered(e2.id, false).unwrap();
         assert!(s.next_apply_edit().unwrap().is_none());
         s.editor_changed(9, &[change_on("abc", 3, 3, "d", Utf8)])
             .unwrap();
         let e3 = s.next_apply_edit().unwrap().expect("a didChange unblocks");
-        assert_eq!(e3.version, 9);
+        assert_eq!(e3.version, Some(9));
     }
 
     #[test]
@@ -842,7 +862,7 @@ mod tests {
         assert_eq!(le.echoes, 0);
         assert!(!s.has_in_flight());
         let e2 = s.next_apply_edit().unwrap().expect("re-sent");
-        assert_eq!((e2.version, e2.chars.clone()), (4, 4..4));
+        assert_eq!((e2.version, e2.chars.clone()), (Some(4), 4..4));
         s.editor_changed(5, &[echo(&e2)]).unwrap();
         assert_converged(&s, "ZabcX");
     }
@@ -886,7 +906,7 @@ mod tests {
         let mut s = Shadow::new("hello world\n", 0, Utf32);
         remote(&mut s, 6, 6, "<r1>");
         let e = s.next_apply_edit().unwrap().unwrap();
-        assert_eq!(e.version, 0);
+        assert_eq!(e.version, Some(0));
         let typed = "abc hello world\n";
         let garbled = apply(typed, &e, Utf32);
         assert_eq!(garbled, "abc he<r1>llo world\n");
@@ -921,7 +941,7 @@ mod tests {
         s.editor_changed(4, &[change_on("hello world\n", 0, 0, "abc ", Utf32)])
             .unwrap();
         let e = s.next_apply_edit().unwrap().expect("re-sent at once");
-        assert_eq!((e.version, e.chars.clone()), (4, 10..10));
+        assert_eq!((e.version, e.chars.clone()), (Some(4), 10..10));
     }
 
     #[test]
@@ -932,14 +952,14 @@ mod tests {
             .unwrap();
         remote(&mut s, 0, 0, "pub ");
         let e = s.next_apply_edit().unwrap().unwrap();
-        assert_eq!(e.version, 4);
+        assert_eq!(e.version, Some(4));
         s.editor_changed(5, &[echo(&e)]).unwrap();
         s.apply_edit_answered(e.id, true).unwrap();
         assert_converged(&s, "pub fn main() { }\n");
         s.editor_changed(9, &[change_on("pub fn main() { }\n", 0, 0, "// ", Utf8)])
             .unwrap();
         remote(&mut s, 0, 0, "!");
-        assert_eq!(s.next_apply_edit().unwrap().unwrap().version, 9);
+        assert_eq!(s.next_apply_edit().unwrap().unwrap().version, Some(9));
     }
 
     #[test]
@@ -958,7 +978,7 @@ mod tests {
         let mut editor = "012345678X9".to_string();
         let mut version = 2;
         while let Some(e) = s.next_apply_edit().unwrap() {
-            assert_eq!(e.version, version);
+            assert_eq!(e.version, Some(version));
             editor = apply(&editor, &e, Utf16);
             version += 1;
             s.editor_changed(version, &[echo(&e)]).unwrap();
@@ -1363,7 +1383,8 @@ mod tests {
             };
             match self.kind {
                 Kind::VsCode | Kind::VsCodeFullSync | Kind::Helix => {
-                    if req.version != self.version {
+                    // Null: applied with no check, at the positions as they are now.
+                    if req.version.is_some_and(|v| v != self.version) {
                         self.rejections += 1;
                         self.outbox.push_back(Msg::Reply(req.id, false));
                         return true;
@@ -1375,9 +1396,12 @@ mod tests {
                     };
                     let (chars, clamped) =
                         encoding::range_to_chars(&self.text, req.range, self.enc);
-                    assert_eq!(clamped, Clamped::No, "the bridge sent a clamped range");
+                    assert!(
+                        clamped == Clamped::No || req.version.is_none(),
+                        "the bridge sent a clamped range"
+                    );
                     let mut change = self.edit(chars.start, chars.end, &text);
-                    if change.range.is_some() {
+                    if change.range.is_some() && clamped == Clamped::No {
                         change.range = Some(req.range);
                     }
                     self.version += 1;
@@ -1386,12 +1410,12 @@ mod tests {
                     self.outbox.push_back(Msg::Reply(req.id, true));
                 }
                 Kind::Neovim => {
-                    if req.version > 0 && self.version > req.version {
+                    if req.version.is_some_and(|v| v > 0 && self.version > v) {
                         self.silent_drops += 1;
                         self.outbox.push_back(Msg::Reply(req.id, true));
                         return true;
                     }
-                    if req.version != self.version {
+                    if req.version != Some(self.version) {
                         self.stale_applications += 1;
                     }
                     let steps = self.nvim_apply(&req);
@@ -1639,7 +1663,11 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{}: {e}", self.ctx()))
             {
                 self.log(|| format!("  <- applyEdit {e:?}"));
-                assert_eq!(e.version, self.shadow.version(), "{}", self.ctx());
+                assert!(
+                    e.version.is_none_or(|v| v == self.shadow.version()),
+                    "{}",
+                    self.ctx()
+                );
                 self.editor.inbox.push_back(e);
             }
         }

@@ -25,6 +25,9 @@ use crate::room::RoomMeta;
 use crate::rooms::{NewRoom, Rooms, RoomsError};
 use crate::ws;
 
+/// Bytes read from a WebSocket at a time (per connection).
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 const OPENAPI: &str = include_str!("openapi.json");
 const API_PAGE: &str = include_str!("api.html");
 
@@ -350,9 +353,13 @@ async fn websocket(
     let max = rooms.limits().max_message_bytes;
     // Frames up to twice the limit are read so that the connection can be closed with a clear
     // reason; anything larger is cut off by the WebSocket layer itself.
+    // The read buffer is allocated in full for every connection: the default 128 KiB made
+    // up nearly all of a peer's memory on the server (bench-room), while sync messages are
+    // small; larger frames are simply read in more steps.
     Ok(upgrade
         .max_message_size(max.saturating_mul(2))
         .max_frame_size(max.saturating_mul(2))
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| ws::serve(socket, room, rooms, shutdown)))
 }
 

@@ -80,8 +80,8 @@ pub struct Persistence {
     #[arg(long, env = "DUET_FLUSH_INTERVAL_MS", default_value_t = 200)]
     pub flush_interval_ms: u64,
 
-    /// Updates stored since the last compaction before the room's state is rewritten as one
-    /// snapshot.
+    /// Update rows (one per room per flush) stored since the last compaction before the
+    /// room's state is rewritten as one snapshot.
     #[arg(long, env = "DUET_COMPACT_AFTER", default_value_t = 500)]
     pub compact_after: u64,
 

@@ -16,15 +16,33 @@ use duet_server::rooms::Rooms;
 use duet_server::store::Store;
 use tokio::sync::watch;
 
+/// Opens the store; while the database does not answer (it may be starting too, or be down
+/// for a moment), tries again with backoff instead of exiting. Other errors end the server.
+async fn open_store(url: &str) -> anyhow::Result<Store> {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        match Store::connect(url).await {
+            Ok(store) => return Ok(store),
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!(database = %redact(url), error = %e, retry_in = ?wait, "database not reachable");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot open the database ({})", redact(url)))
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_tracing(config.log_format);
 
     let url = config.database_url();
-    let store = Store::connect(&url)
-        .await
-        .with_context(|| format!("cannot open the database ({})", redact(&url)))?;
+    let store = open_store(&url).await?;
     tracing::info!(database = %redact(&url), "store ready");
 
     let rooms = Rooms::new(

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub flushes: AtomicU64,
     pub flush_failures: AtomicU64,
     pub updates_written: AtomicU64,
+    pub update_rows_written: AtomicU64,
     pub compactions: AtomicU64,
 }
 
@@ -33,7 +34,7 @@ impl Metrics {
         unflushed_rooms: usize,
         degraded: bool,
     ) -> String {
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "duet_connections_total",
                 "WebSocket connections accepted",
@@ -89,6 +90,11 @@ impl Metrics {
                 "duet_updates_written_total",
                 "CRDT updates written to the store",
                 &self.updates_written,
+            ),
+            (
+                "duet_update_rows_written_total",
+                "rows of the update log written (each flush merges a room's updates into one)",
+                &self.update_rows_written,
             ),
             (
                 "duet_compactions_total",

@@ -100,6 +100,25 @@ pub struct FlushBatch {
     pub updated_at: i64,
 }
 
+impl FlushBatch {
+    /// What goes into the update log: the batch's updates merged into one — one row per room
+    /// per flush instead of one per keystroke, and smaller, as a run of keystrokes merges into
+    /// one string — or, should merging fail, each update as it is.
+    pub fn rows(&self) -> Vec<Vec<u8>> {
+        if self.updates.len() < 2 {
+            return self.updates.clone();
+        }
+        let updates: Vec<&[u8]> = self.updates.iter().map(Vec::as_slice).collect();
+        match yrs::merge_updates_v1(&updates) {
+            Ok(merged) => vec![merged],
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot merge updates; storing them one by one");
+                self.updates.clone()
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Sizes {
     total: usize,
@@ -458,8 +477,10 @@ impl Room {
         self.lock().writing_since = None;
     }
 
+    /// Something is not in the store yet: waiting for the next flush, or being written.
     pub fn has_unflushed(&self) -> bool {
-        !self.lock().unflushed.is_empty()
+        let state = self.lock();
+        !state.unflushed.is_empty() || state.writing_since.is_some()
     }
 
     /// How long the oldest update not yet in the store has been waiting.
@@ -760,6 +781,51 @@ mod tests {
             vec![("a.txt".to_string(), "a!".to_string())]
         );
         assert_eq!(again.removed_files, vec!["b.txt".to_string()]);
+    }
+
+    /// A flush writes one row per room, however many keystrokes it holds, and the room counts
+    /// as unflushed until that row is written.
+    #[test]
+    fn a_flush_merges_its_updates_into_one_row_and_is_unflushed_until_written() {
+        let room = empty_room();
+        let (peer, _frames) = peer(&room);
+        let doc = Doc::new();
+        let files = doc.get_or_insert_map(FILES);
+        {
+            let mut txn = doc.transact_mut();
+            files.insert(&mut txn, "a.txt", TextPrelim::new(""));
+            room.receive(peer, &update_frame(txn.encode_update_v1()))
+                .unwrap();
+        }
+        for (i, c) in "héllo 🎉".chars().enumerate() {
+            let mut txn = doc.transact_mut();
+            let Some(Out::YText(text)) = files.get(&txn, "a.txt") else {
+                panic!()
+            };
+            let at = "héllo 🎉".chars().take(i).map(char::len_utf8).sum::<usize>();
+            text.insert(&mut txn, at as u32, &c.to_string());
+            room.receive(peer, &update_frame(txn.encode_update_v1()))
+                .unwrap();
+        }
+        let batch = room.take_unflushed().unwrap();
+        assert!(room.has_unflushed(), "being written is not written");
+        assert_eq!(batch.updates.len(), 8, "the file, then 7 keystrokes");
+        let rows = batch.rows();
+        assert_eq!(rows.len(), 1);
+        let loaded = Doc::new();
+        let loaded_files = loaded.get_or_insert_map(FILES);
+        loaded
+            .transact_mut()
+            .apply_update(Update::decode_v1(&rows[0]).unwrap())
+            .unwrap();
+        let txn = loaded.transact();
+        let Some(Out::YText(text)) = loaded_files.get(&txn, "a.txt") else {
+            panic!("the merged row holds the file")
+        };
+        assert_eq!(text.get_string(&txn), "héllo 🎉");
+        drop(txn);
+        room.flushed();
+        assert!(!room.has_unflushed());
     }
 
     #[test]

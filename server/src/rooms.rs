@@ -265,9 +265,11 @@ impl Rooms {
         if taken.is_empty() {
             return Ok(());
         }
-        let writes: Vec<(Uuid, i64, &FlushBatch)> = taken
+        let rows: Vec<Vec<Vec<u8>>> = taken.iter().map(|(.., b)| b.rows()).collect();
+        let writes: Vec<(Uuid, i64, &[Vec<u8>], &FlushBatch)> = taken
             .iter()
-            .map(|(id, _, seq, _, b)| (*id, *seq, b))
+            .zip(&rows)
+            .map(|((id, _, seq, _, b), rows)| (*id, *seq, rows.as_slice(), b))
             .collect();
         if let Err(e) = self.shared.store.append(&writes).await {
             for (_, room, _, _, batch) in taken {
@@ -277,11 +279,14 @@ impl Rooms {
         }
         let metrics = &self.shared.metrics;
         Metrics::inc(&metrics.flushes);
-        for (id, room, seq, since, batch) in taken {
+        for ((id, room, seq, since, batch), rows) in taken.into_iter().zip(&rows) {
             room.flushed();
-            let count = batch.updates.len() as i64;
             metrics
                 .updates_written
+                .fetch_add(batch.updates.len() as u64, Ordering::Relaxed);
+            let count = rows.len() as i64;
+            metrics
+                .update_rows_written
                 .fetch_add(count as u64, Ordering::Relaxed);
             let last = seq + count - 1;
             let since = since + count as u64;

@@ -26,6 +26,17 @@ pub enum StoreError {
     UnsupportedUrl,
 }
 
+impl StoreError {
+    /// The database did not answer (down, restarting, unreachable): trying again later may
+    /// work, unlike a wrong URL, wrong credentials or a failed migration.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Postgres,
@@ -187,13 +198,16 @@ impl Store {
         Ok(row.map(|row| row.try_get(0)).transpose()?)
     }
 
-    /// Appends each room's batch of updates (numbered from its `first_seq`) and changed file
+    /// Appends each room's rows of updates (numbered from its `first_seq`) and changed file
     /// copies, all in one transaction: one write per flush, never one per keystroke.
-    pub async fn append(&self, batches: &[(Uuid, i64, &FlushBatch)]) -> Result<(), StoreError> {
+    pub async fn append(
+        &self,
+        batches: &[(Uuid, i64, &[Vec<u8>], &FlushBatch)],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for (id, first_seq, batch) in batches {
+        for (id, first_seq, rows, batch) in batches {
             let key = id.to_string();
-            for (i, update) in batch.updates.iter().enumerate() {
+            for (i, update) in rows.iter().enumerate() {
                 sqlx::query("INSERT INTO room_updates (room_id, seq, data) VALUES ($1, $2, $3)")
                     .bind(&key)
                     .bind(first_seq + i as i64)

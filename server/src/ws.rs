@@ -19,6 +19,11 @@ use crate::rooms::Rooms;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the close frame may take: a peer that stopped reading may never take it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the server pings each peer (browsers and our bridge answer pings by themselves).
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// A peer silent this long — no frame, no pong — is gone (its network stopped carrying
+/// packets): it is closed, so its presence does not linger in the room.
+const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Serves one accepted WebSocket until either side ends it.
 pub async fn serve(
@@ -61,6 +66,8 @@ pub async fn serve(
     tracing::debug!(room = %room_id, peer, "peer joined");
     let mut rate = RateLimit::new(limits.max_messages_per_second);
     let max_bytes = limits.max_message_bytes;
+    let mut heard = Instant::now();
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
 
     let outcome: Result<(), CloseReason> = async {
         for frame in hello {
@@ -77,7 +84,17 @@ pub async fn serve(
                 _ = shutdown.changed() => {
                     return Err(CloseReason::new(close::GOING_AWAY, "server shutting down"));
                 }
+                _ = pings.tick() => {
+                    if heard.elapsed() > SILENCE_LIMIT {
+                        return Err(CloseReason::new(
+                            close::GOING_AWAY,
+                            format!("no answer for {} s", SILENCE_LIMIT.as_secs()),
+                        ));
+                    }
+                    conn.send(Message::Ping(Default::default())).await?;
+                }
                 incoming = stream.next() => {
+                    heard = Instant::now();
                     let data = match incoming {
                         None | Some(Ok(Message::Close(_))) => return Ok(()),
                         Some(Ok(Message::Binary(data))) => data,
@@ -86,10 +103,18 @@ pub async fn serve(
                             close::INVALID_DATA,
                             "text frames are not part of the y-websocket protocol; send binary frames",
                         )),
-                        Some(Err(e)) => return Err(CloseReason::new(
-                            close::TOO_BIG,
-                            format!("unreadable frame (messages are limited to {max_bytes} bytes): {e}"),
-                        )),
+                        // tungstenite calls a frame over the size limit "Space limit
+                        // exceeded"; any other error is a connection that is gone.
+                        Some(Err(e)) if e.to_string().contains("Space limit exceeded") => {
+                            return Err(CloseReason::new(
+                                close::TOO_BIG,
+                                format!("message too large (the limit is {max_bytes} bytes): {e}"),
+                            ))
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(room = %room_id, peer, error = %e, "connection lost");
+                            return Ok(());
+                        }
                     };
                     Metrics::inc(&metrics.messages_received);
                     metrics.bytes_received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -10,8 +10,10 @@ pub mod editor;
 pub mod jsonlines;
 pub mod node;
 pub mod nvim;
+pub mod proxy;
 pub mod pg;
 pub mod server;
+pub mod stats;
 pub mod yclient;
 
 use std::path::PathBuf;

@@ -286,6 +286,19 @@ impl Nvims {
         let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
     }
 
+    /// Where editor `name`'s bridge logs (kept after the run with `DUET_NVIMCTL_KEEP=1`).
+    pub fn bridge_log_path(&self, name: &str) -> String {
+        self.started[name]["bridge_log"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The log of editor `name`'s bridge.
+    pub fn bridge_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.bridge_log_path(name)).unwrap_or_default()
+    }
+
     /// The tail of every bridge's log.
     pub fn report(&self) -> String {
         let mut out = String::new();

@@ -107,6 +107,32 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// Runs one query with `psql` and returns its unaligned, tuples-only output.
+    pub fn query(&self, sql: &str) -> String {
+        let port = self.port.to_string();
+        let output = self
+            .command("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-At",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("psql: {e}"));
+        assert!(
+            output.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("psql prints UTF-8")
+    }
+
     /// Starts (or restarts) the cluster and waits until it accepts connections.
     pub fn up(&self) {
         let options = format!(

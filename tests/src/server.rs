@@ -119,7 +119,8 @@ impl Server {
         let url = self.url("/healthz");
         let http = self.http.clone();
         eventually(
-            Duration::from_secs(20),
+            // It waits for its database: a restart may come while the database is down.
+            Duration::from_secs(90),
             "duet-server to answer /healthz",
             || {
                 let (url, http) = (url.clone(), http.clone());

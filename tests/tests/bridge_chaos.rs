@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use duet_e2e::editor::{assert_once, converge, FakeEditor, Kind, Rng, WAIT};
+use duet_e2e::proxy::Proxy;
 use duet_e2e::server::{Backend, Database, Server};
 use futures_util::future::join_all;
 
@@ -73,6 +74,61 @@ async fn server_restart_while_typing_loses_nothing() {
     );
     a.wait_connected(WAIT).await;
     b.wait_connected(WAIT).await;
+}
+
+/// The network under one editor goes silent (nothing arrives, nothing is closed, as when Wi-Fi
+/// drops): its bridge notices within seconds and says so, reconnects once the network is back,
+/// and what both people typed meanwhile reaches both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_network_cut_is_noticed_and_nothing_typed_is_lost() {
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    let initial = "start\n";
+    let room = server.create_room_with(&[("notes.txt", initial)]).await;
+    let proxy = Proxy::start(server.port).await;
+    let invite = server
+        .ws_url(&room)
+        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    let a = FakeEditor::builder(Kind::VsCode)
+        .label("ann")
+        .invite(&invite)
+        .start()
+        .await;
+    a.wait_connected(WAIT).await;
+    a.open("notes.txt", initial);
+    let b = FakeEditor::builder(Kind::Neovim)
+        .label("bob")
+        .debounce(Duration::ZERO)
+        .join(&server, &room, "notes.txt")
+        .await;
+
+    proxy.cut();
+    let cut = tokio::time::Instant::now();
+    let ann = "typed while cut off 🎉\n";
+    let bob = "bob meanwhile 世界\n";
+    tokio::join!(
+        a.type_text("notes.txt", chars(initial), ann),
+        b.type_text("notes.txt", 0, bob)
+    );
+    a.wait_status(&["offline", "connecting"], Duration::from_secs(15))
+        .await;
+    let noticed = cut.elapsed();
+    assert!(
+        noticed < Duration::from_secs(10),
+        "the bridge noticed the silent network only after {noticed:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
+    proxy.restore();
+    a.wait_connected(Duration::from_secs(30)).await;
+    let text = converge(
+        &server,
+        &room,
+        "notes.txt",
+        &[&a, &b],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(text, format!("{bob}{initial}{ann}"));
 }
 
 /// One person types while the server is down; the others only wait. Whatever order the

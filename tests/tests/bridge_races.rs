@@ -173,6 +173,33 @@ async fn helix_version_gaps_are_accepted() {
     assert!(ed.stats().version_gaps >= 3, "{:?}", ed.stats());
 }
 
+/// A completion preview shown and dismissed moves Helix's version without a `didChange`, and
+/// then the person stops typing: a peer's edit refused for its stale version must still reach
+/// the buffer (sent again unchecked after a quiet second), not wait for the next keystroke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helix_gets_peer_edits_after_a_dismissed_completion_without_typing() {
+    let (_db, server, room, peer) = setup(INITIAL).await;
+    let ed = FakeEditor::joined(Kind::Helix, "hx", &server, &room, PATH).await;
+    ed.helix_skip_versions(PATH, 2);
+    let sent = tokio::time::Instant::now();
+    peer.insert(PATH, 0, "PEER ");
+    ed.wait_text(PATH, &format!("PEER {INITIAL}"), WAIT).await;
+    let took = sent.elapsed();
+    let stats = ed.stats();
+    assert!(
+        stats.rejected >= 1,
+        "the stale edit was refused first: {stats:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the peer's edit took {took:?} to arrive"
+    );
+    // The unchecked retry is an ordinary edit: its echo settles it, typing goes on.
+    ed.insert(PATH, 0, "me ");
+    let text = converge(&server, &room, PATH, &[&ed], WAIT).await;
+    assert_eq!(text, format!("me PEER {INITIAL}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helix_stale_apply_edit_is_rejected_and_resent() {
     let (_db, server, room, peer) = setup(INITIAL).await;

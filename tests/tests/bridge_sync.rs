@@ -317,3 +317,37 @@ async fn out_of_range_position_does_not_crash_and_texts_converge() {
         ed.report()
     );
 }
+
+/// An editor that does not report its cursor (Helix) shows peers where its user last typed —
+/// not where a peer's edit, applied in its buffer, ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_edit_does_not_move_our_presence() {
+    let (_db, server) = start().await;
+    let initial = "one\ntwo\n";
+    let room = server.create_room_with(&[("notes.txt", initial)]).await;
+    let ann = FakeEditor::joined(Kind::Helix, "ann", &server, &room, "notes.txt").await;
+    let bob = FakeEditor::joined(Kind::Helix, "bob", &server, &room, "notes.txt").await;
+    let watcher = YClient::join(&server.ws_url(&room)).await;
+    let head = |name: &str| {
+        watcher
+            .peers()
+            .iter()
+            .find(|p| p["user"]["name"] == name)
+            .and_then(|p| p["cursor"]["head"].as_u64())
+    };
+    bob.insert("notes.txt", 0, "b");
+    duet_e2e::eventually(WAIT, "bob's cursor after what he typed", || async {
+        (head("bob") == Some(1)).then_some(())
+    })
+    .await;
+    ann.insert("notes.txt", chars(initial) + 1, "ann was here\n");
+    bob.wait_text("notes.txt", &format!("b{initial}ann was here\n"), WAIT)
+        .await;
+    duet_e2e::eventually(WAIT, "ann's cursor after what she typed", || async {
+        (head("ann") == Some(utf16(&format!("b{initial}ann was here\n")) as u64)).then_some(())
+    })
+    .await;
+    // Presence goes out at most every 100 ms: give a wrong update time to arrive.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(head("bob"), Some(1), "bob's cursor followed ann's edit");
+}

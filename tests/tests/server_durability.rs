@@ -118,7 +118,9 @@ async fn idle_rooms_unload_and_compacted_rooms_reload(backend: Backend) {
         let piece = format!("line {i}\n");
         client.append("log.txt", &piece);
         typed.push_str(&piece);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Each flush stores what arrived since the last as one row: spread the typing over
+        // more than ten flushes.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     client.wait_text("log.txt", &typed, 5 * SECOND).await;
     drop(client);
@@ -128,7 +130,7 @@ async fn idle_rooms_unload_and_compacted_rooms_reload(backend: Backend) {
     .await;
     assert!(
         server.metric("duet_compactions_total").await >= 1,
-        "60 updates with --compact-after 10"
+        "60 updates over more than 10 flushes with --compact-after 10"
     );
     // Served from the store while unloaded, and whole again when someone joins.
     assert_eq!(

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use duet_e2e::on_both_backends;
+use duet_e2e::proxy::Proxy;
 use duet_e2e::server::{Backend, Database, RoomRef, Server};
 use duet_e2e::yclient::YClient;
 use tokio_tungstenite::tungstenite::protocol::Message as WsMessage;
@@ -251,4 +252,38 @@ async fn a_peer_that_stops_reading_is_disconnected(backend: Backend) {
     assert_eq!(witness.closed(), None);
     assert_eq!(server.metric("duet_peers_kicked_total").await, 1);
     drop(stalled);
+}
+
+/// A peer whose network goes silent — nothing arrives, nothing is closed — is let go after the
+/// server's silence limit (30 s), and the others stop seeing it; a peer that is merely idle
+/// (it answers the server's pings) stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_let_go_and_leaves_presence() {
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    let room = server.create_room(serde_json::json!({})).await;
+    let idle = YClient::join(&server.ws_url(&room)).await;
+    let proxy = Proxy::start(server.port).await;
+    let url = server
+        .ws_url(&room)
+        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    let silent = YClient::join(&url).await;
+    silent.set_presence(serde_json::json!({"user": {"name": "silent"}}));
+    let sees_silent = || idle.peers().iter().any(|p| p["user"]["name"] == "silent");
+    duet_e2e::eventually(5 * SECOND, "the silent peer's presence", || async {
+        sees_silent().then_some(())
+    })
+    .await;
+    proxy.cut();
+    let cut = tokio::time::Instant::now();
+    duet_e2e::eventually(60 * SECOND, "the silent peer to be let go", || async {
+        (!sees_silent() && server.room_info(&room).await["peer_count"] == 1).then_some(())
+    })
+    .await;
+    let after = cut.elapsed();
+    assert!(
+        (25 * SECOND..45 * SECOND).contains(&after),
+        "let go {after:?} after its network went silent (the limit is 30 s)"
+    );
+    bystander_is_undisturbed(&server, &room, &idle).await;
 }

@@ -12,7 +12,8 @@ One JSON request per line on stdin, one JSON answer per line on stdout:
     {"id": 6, "op": "stop", "name": "A"}
     {"id": 7, "op": "quit"}
 answers {"id": 1, "ok": true, "result": ...} or {"id": 1, "ok": false, "error": "..."}.
-With DUET_NVIMCTL_KEEP=1 the scratch directory (bridge logs, Neovim's LSP log) is kept.
+With DUET_NVIMCTL_KEEP=1 the scratch directory (bridge logs, Neovim's LSP log) is kept;
+DUET_NVIMCTL_LSP_LOG=DEBUG makes Neovim's LSP log hold every message.
 
 Neovim is started as `nvim --headless --clean -u tests/neovim/plugin/init.lua --listen SOCK FILES`
 in this process's process group (the test kills the group by its id when it is done). `stop`
@@ -72,7 +73,7 @@ class Editor:
                 "DUET_SETUP": json.dumps(req.get("setup") or {}),
                 "DUET_LOG_FILE": self.bridge_log,
                 "DUET_LOG": "info,duet_lsp=debug",
-                "DUET_NVIM_LSP_LOG": "WARN",
+                "DUET_NVIM_LSP_LOG": os.environ.get("DUET_NVIMCTL_LSP_LOG", "WARN"),
                 "XDG_STATE_HOME": os.path.join(self.dir, "state"),
                 "XDG_DATA_HOME": os.path.join(self.dir, "data"),
                 "XDG_CACHE_HOME": os.path.join(self.dir, "cache"),
