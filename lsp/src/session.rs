@@ -626,10 +626,17 @@ impl Session {
             room.replica.len_utf16(path) == Some(ours.len_utf16_cu())
         };
         if !same {
+            let room_text = room.replica.text(path).unwrap_or_default();
+            let first_difference = ours
+                .chars()
+                .zip(room_text.chars())
+                .take_while(|(a, b)| a == b)
+                .count();
             tracing::error!(
                 %path,
-                shadow = %ours,
-                room = ?room.replica.text(path),
+                shadow_chars = ours.len_chars(),
+                room_chars = room_text.chars().count(),
+                first_difference,
                 "the document's shadow lost track of the room's text; resyncing"
             );
         }

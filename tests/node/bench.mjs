@@ -1,11 +1,27 @@
 #!/usr/bin/env node
-// Load generator for y-websocket-protocol servers (duet-server and the
-// reference y-websocket server).
+// Load generator for Yjs relay servers: duet-server and the reference
+// y-websocket server (y-websocket protocol), and @hocuspocus/server (its
+// protocol: --protocol hocuspocus).
 //
 // It speaks the wire protocol itself (yjs + y-protocols + lib0 + ws) instead of
 // using WebsocketProvider: per-connection overhead stays minimal (no awareness
 // timers, no reconnect logic, no BroadcastChannel) and is identical whichever
 // server is measured, so differences in the figures are the server's.
+//
+// The two protocols carry the same y-protocols messages (sync step 1/2,
+// update, awareness) and differ only in framing and handshake:
+// - yws: one document per connection, chosen by the URL path
+//   (<url>/<room>?token=T); a message is <type varUint><payload>.
+// - hocuspocus: the URL names no document; every message in both directions is
+//   <document name varString><type varUint><payload>, and a client first sends
+//   Auth (type 2, sub-type Token=0, token varString); the server queues the
+//   document's other messages until it has answered Auth/Authenticated.
+//   Here every peer opens its own connection to <url> for one document, the
+//   room. The server also acks every sync step 2/update with SyncStatus
+//   (type 8), and echoes updates to their sender, as y-websocket does; those
+//   frames are counted in msgs/s and otherwise ignored.
+// Everything else (edits, latency measurement, loss and convergence checks)
+// is the same code for both.
 //
 // Every peer keeps a real Y.Doc, so the server must really merge and relay
 // Yjs updates correctly; the run also checks that nothing is lost and that all
@@ -18,7 +34,13 @@
 // its doc, at the moment it is applied, and records now - sentAt. Sender and receivers live in this one
 // process, so a single monotonic clock is used and no clock sync is needed.
 // The generator's own event-loop delay is reported: if it is high, the
-// generator, not the server, is the bottleneck.
+// generator, not the server, is the bottleneck. So is the whole machine's CPU
+// use, to tell when other processes compete with the server and generator.
+//
+// One load can be split over several generator processes (rooms divided
+// between them; a room stays in one process): with --sync-start each
+// connects, prints `ready` and starts editing when its stdin gets a line, and
+// --samples puts the raw latencies in the JSON for the caller to merge.
 //
 // Usage: node bench.mjs --url ws://127.0.0.1:1234 [options]   (see --help)
 
@@ -28,6 +50,7 @@ import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import WebSocket from 'ws'
 import fs from 'node:fs'
+import os from 'node:os'
 import { execSync } from 'node:child_process'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 
@@ -35,7 +58,10 @@ const HELP = `Usage: node bench.mjs --url URL [options]
 
   --url URL               base URL; a peer connects to URL/<room>[?token=T]
                           (duet-server: ws://127.0.0.1:PORT/ws;
-                          reference: ws://127.0.0.1:PORT)
+                          reference: ws://127.0.0.1:PORT); with --protocol
+                          hocuspocus to URL itself (room and token in-band)
+  --protocol yws|hocuspocus
+                          wire protocol (default yws; see the top of this file)
   --rooms-from FILE       JSON [{"room":"<id>","token":"..."}] (optionally
                           "tokens":["..",..] for one token per peer); without
                           it rooms are named bench-<i> (prefix: --room-prefix)
@@ -57,6 +83,11 @@ const HELP = `Usage: node bench.mjs --url URL [options]
   --room-prefix STR       room name prefix without --rooms-from (default bench-)
   --json                  print exactly one JSON line of results on stdout
                           (human summary goes to stderr)
+  --samples               include every measured latency (ms) in the JSON, for
+                          merging the results of several generator processes
+  --sync-start            once connected print "ready" on stdout (before the
+                          JSON line) and wait for a line on stdin before
+                          editing (aligns several generator processes)
 
 Exit status: 0 when every edit reached every other peer, all rooms converged
 and there were no errors/disconnects; 2 otherwise; 1 on usage/setup errors.`
@@ -67,6 +98,7 @@ and there were no errors/disconnects; 2 otherwise; 1 on usage/setup errors.`
 function parseArgs (argv) {
   const o = {
     url: null,
+    protocol: 'yws',
     roomsFrom: null,
     rooms: null,
     peers: 5,
@@ -83,7 +115,9 @@ function parseArgs (argv) {
     connectTimeout: 15,
     connectConcurrency: 32,
     roomPrefix: 'bench-',
-    json: false
+    json: false,
+    samples: false,
+    syncStart: false
   }
   const num = (name, v) => {
     const n = Number(v)
@@ -98,6 +132,7 @@ function parseArgs (argv) {
     }
     switch (a) {
       case '--url': o.url = next(); break
+      case '--protocol': o.protocol = next(); break
       case '--rooms-from': o.roomsFrom = next(); break
       case '--rooms': o.rooms = num(a, next()); break
       case '--peers': o.peers = num(a, next()); break
@@ -115,11 +150,14 @@ function parseArgs (argv) {
       case '--connect-concurrency': o.connectConcurrency = num(a, next()); break
       case '--room-prefix': o.roomPrefix = next(); break
       case '--json': o.json = true; break
+      case '--samples': o.samples = true; break
+      case '--sync-start': o.syncStart = true; break
       case '-h': case '--help': process.stdout.write(HELP + '\n'); process.exit(0); break
       default: usage(`unknown option ${a}`)
     }
   }
   if (!o.url) usage('--url is required')
+  if (o.protocol !== 'yws' && o.protocol !== 'hocuspocus') usage('--protocol must be yws or hocuspocus')
   if (o.pos !== 'end' && o.pos !== 'random') usage('--pos must be end or random')
   if (o.peers < 2) usage('--peers must be >= 2 (latency is measured between peers)')
   if (o.rate <= 0 || o.duration <= 0) usage('--rate and --duration must be > 0')
@@ -180,6 +218,19 @@ function readCpuTicks (pid) {
   }
 }
 
+// Busy time of the whole machine (all cores) in ticks, from /proc/stat: user,
+// nice, system and steal (time taken by the hypervisor). Interrupt time is
+// left out: it is mostly the loopback traffic of this very benchmark, which
+// the kernel may not charge to our processes.
+function readMachineTicks () {
+  try {
+    const f = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0].trim().split(/\s+/).slice(1).map(Number)
+    return f[0] + f[1] + f[2] + f[7]
+  } catch {
+    return null
+  }
+}
+
 const serverStats = { rssStartKb: null, rssPeakKb: 0, hwmKb: null, rssEndKb: null, cpuTicks0: null, cpuTicks1: null }
 let sampler = null
 function startSampler () {
@@ -205,12 +256,20 @@ const REMOTE = Symbol('remote') // transaction origin for updates from the serve
 const messageSync = 0
 const messageAwareness = 1
 const messageAuth = 2
+// hocuspocus only: SyncReply is a sync message that asks for no step 1 back;
+// Close is the server dropping the document from the connection.
+const messageSyncReply = 4
+const messageClose = 7
+const authToken = 0
+const authPermissionDenied = 1
+const hocuspocus = opts.protocol === 'hocuspocus'
 
 const stats = {
   editsSent: 0,
   editsSentMeasured: 0,
   msgsReceived: 0,
   msgsReceivedMeasured: 0,
+  msgTypesMeasured: {}, // message type -> count, measured phase
   bytesReceivedMeasured: 0,
   samples: [], // latency ms of measured deliveries
   deliveries: 0, // all deliveries, incl. warmup and grace
@@ -230,6 +289,7 @@ function noteError (msg) {
 }
 
 function peerUrl (room, token) {
+  if (hocuspocus) return opts.url // document and token go in-band
   let base = opts.url
   while (base.endsWith('/')) base = base.slice(0, -1) // as WebsocketProvider does
   return `${base}/${room}` + (token != null ? `?token=${encodeURIComponent(token)}` : '')
@@ -255,11 +315,18 @@ class Peer {
     // Called once per local edit with the update to send.
     this.sendUpdate = (update) => {
       if (!this.alive) return
-      const enc = encoding.createEncoder()
-      encoding.writeVarUint(enc, messageSync)
+      const enc = this.encoder(messageSync)
       syncProtocol.writeUpdate(enc, update)
       this.ws.send(encoding.toUint8Array(enc))
     }
+  }
+
+  /** A new outgoing message of `type`, framed for the protocol. */
+  encoder (type) {
+    const enc = encoding.createEncoder()
+    if (hocuspocus) encoding.writeVarString(enc, this.room.name)
+    encoding.writeVarUint(enc, type)
+    return enc
   }
 
   /**
@@ -297,8 +364,15 @@ class Peer {
       }
       ws.on('open', () => {
         this.alive = true
-        const enc = encoding.createEncoder()
-        encoding.writeVarUint(enc, messageSync)
+        if (hocuspocus) {
+          // As HocuspocusProvider does: the token, then step 1 right away
+          // (the server holds it until authentication passed).
+          const auth = this.encoder(messageAuth)
+          encoding.writeVarUint(auth, authToken)
+          encoding.writeVarString(auth, this.token() ?? '')
+          ws.send(encoding.toUint8Array(auth))
+        }
+        const enc = this.encoder(messageSync)
         syncProtocol.writeSyncStep1(enc, this.doc)
         ws.send(encoding.toUint8Array(enc))
       })
@@ -334,19 +408,31 @@ class Peer {
     }
     try {
       const dec = decoding.createDecoder(data)
+      if (hocuspocus) {
+        const name = decoding.readVarString(dec)
+        if (name !== this.room.name) throw new Error(`message for document ${name}`)
+      }
       const type = decoding.readVarUint(dec)
-      if (type === messageSync) {
-        const enc = encoding.createEncoder()
-        encoding.writeVarUint(enc, messageSync)
+      if (phase === 'measure') stats.msgTypesMeasured[type] = (stats.msgTypesMeasured[type] || 0) + 1
+      if (type === messageSync || (hocuspocus && type === messageSyncReply)) {
+        const enc = this.encoder(messageSync)
+        const empty = encoding.length(enc)
         // Answers the server's step 1 with our step 2; applies step 2/updates.
         const st = syncProtocol.readSyncMessage(dec, enc, this.doc, REMOTE)
-        if (encoding.length(enc) > 1) this.ws.send(encoding.toUint8Array(enc))
+        if (encoding.length(enc) > empty) this.ws.send(encoding.toUint8Array(enc))
         if (st === syncProtocol.messageYjsSyncStep2) this.synced = true
       } else if (type === messageAuth) {
-        noteError(`peer ${this.gid}: auth message (permission denied?)`)
+        // y-websocket: permission denied is the only auth message.
+        // hocuspocus: Authenticated (2) is expected once, before the sync.
+        const sub = hocuspocus ? decoding.readVarUint(dec) : authPermissionDenied
+        if (sub === authPermissionDenied) noteError(`peer ${this.gid}: auth message (permission denied)`)
+      } else if (hocuspocus && type === messageClose) {
+        noteError(`peer ${this.gid}: server closed the document: ${decoding.readVarString(dec)}`)
       }
-      // Awareness (1) and query-awareness (3) are only counted: the bench
-      // keeps no awareness state so receiving it costs as little as possible.
+      // Anything else is only counted: awareness (1) and query-awareness (3),
+      // since the bench keeps no awareness state so receiving it costs as
+      // little as possible; with hocuspocus also SyncStatus acks (8) and
+      // stateless messages (5, 6).
     } catch (err) {
       noteError(`peer ${this.gid}: bad message: ${err.message}`)
     }
@@ -437,8 +523,7 @@ class Peer {
     encoding.writeVarUint(inner, this.doc.clientID)
     encoding.writeVarUint(inner, ++this.awarenessClock)
     encoding.writeVarString(inner, state)
-    const enc = encoding.createEncoder()
-    encoding.writeVarUint(enc, messageAwareness)
+    const enc = this.encoder(messageAwareness)
     encoding.writeVarUint8Array(enc, encoding.toUint8Array(inner))
     this.ws.send(encoding.toUint8Array(enc))
   }
@@ -531,6 +616,15 @@ async function main () {
     process.exit(1)
   }
 
+  if (opts.syncStart) {
+    process.stdout.write('ready\n')
+    await new Promise((resolve) => {
+      process.stdin.once('data', resolve)
+      process.stdin.once('end', resolve)
+    })
+    process.stdin.pause()
+  }
+
   // Editing: each peer on its own absolute schedule with a random phase, so
   // load is spread evenly and timer drift does not lower the real rate.
   const periodMs = 1000 / opts.rate
@@ -559,10 +653,12 @@ async function main () {
   const cpu0 = process.cpuUsage()
   const wall0 = process.hrtime.bigint()
   serverStats.cpuTicks0 = opts.pid != null ? readCpuTicks(opts.pid) : null
+  const machineTicks0 = readMachineTicks()
   await sleep(opts.duration * 1000)
   const wallS = Number(process.hrtime.bigint() - wall0) / 1e9
   const cpu = process.cpuUsage(cpu0)
   serverStats.cpuTicks1 = opts.pid != null ? readCpuTicks(opts.pid) : null
+  const machineTicks1 = readMachineTicks()
   loopDelay.disable()
 
   // Stop editing; give in-flight edits up to --grace seconds to arrive.
@@ -596,6 +692,7 @@ async function main () {
   const result = {
     label: opts.label,
     url: opts.url,
+    protocol: opts.protocol,
     rooms: rooms.length,
     peersPerRoom: opts.peers,
     peersConnected: live.length,
@@ -614,6 +711,7 @@ async function main () {
     deliveriesPerSec: round(sorted.length / wallS, 1),
     msgsReceivedMeasured: stats.msgsReceivedMeasured,
     msgsPerSec: round(stats.msgsReceivedMeasured / wallS, 1),
+    msgTypesMeasured: stats.msgTypesMeasured,
     bytesPerSec: Math.round(stats.bytesReceivedMeasured / wallS),
     latencyMs: {
       p50: round(percentile(sorted, 50), 3),
@@ -651,22 +749,34 @@ async function main () {
       loopDelayP99Ms: round(Math.max(0, loopDelay.percentile(99) / 1e6 - LOOP_RES_MS), 2),
       loopDelayMaxMs: round(Math.max(0, loopDelay.max / 1e6 - LOOP_RES_MS), 2),
       rssMB: round(process.memoryUsage().rss / 1048576, 1)
+    },
+    machine: {
+      cores: os.availableParallelism(),
+      // Percent of one core, all processes (server, generator, others),
+      // interrupts not included.
+      cpuPct: machineTicks0 != null && machineTicks1 != null
+        ? round(((machineTicks1 - machineTicks0) / clkTck) / wallS * 100, 1)
+        : null
     }
   }
+  if (opts.samples) result.samples = Array.from(stats.samples, (x) => round(x, 3))
 
   const L = result.latencyMs
-  out(`== ${opts.label || 'bench'}: ${result.rooms} rooms x ${opts.peers} peers x ${opts.rate}/s for ${opts.duration}s (warmup ${opts.warmup}s) @ ${opts.url}`)
+  out(`== ${opts.label || 'bench'}: ${result.rooms} rooms x ${opts.peers} peers x ${opts.rate}/s for ${opts.duration}s (warmup ${opts.warmup}s) @ ${opts.url} (${opts.protocol})`)
   out(`   edits sent ${result.editsSent} (measured ${result.editsSentMeasured}, ${result.editsPerSec}/s of ${result.editsPerSecTarget}/s target)`)
-  out(`   deliveries ${result.deliveriesMeasured} (${result.deliveriesPerSec}/s), ws msgs received ${result.msgsPerSec}/s, ${Math.round(result.bytesPerSec / 1024)} KiB/s`)
+  out(`   deliveries ${result.deliveriesMeasured} (${result.deliveriesPerSec}/s), ws msgs received ${result.msgsPerSec}/s (by type ${JSON.stringify(stats.msgTypesMeasured)}), ${Math.round(result.bytesPerSec / 1024)} KiB/s`)
   out(`   latency ms p50 ${L.p50}  p90 ${L.p90}  p99 ${L.p99}  p99.9 ${L.p999}  max ${L.max}  mean ${L.mean}`)
   out(`   lost edits ${lostEdits} (deliveries ${lostDeliveries}), diverged rooms ${divergedRooms}, connect failures ${connectFailures}, disconnects ${stats.disconnects}, errors ${stats.errors}`)
   if (result.server) out(`   server pid ${opts.pid}: RSS start ${result.server.rssStartMB} MB, peak ${result.server.rssPeakMB} MB, HWM ${result.server.hwmMB} MB, CPU ${result.server.cpuPct}% of one core`)
   out(`   generator: CPU ${result.client.cpuPct}% of one core, event-loop delay p99 ${result.client.loopDelayP99Ms} ms (max ${result.client.loopDelayMaxMs}), RSS ${result.client.rssMB} MB`)
+  out(`   machine: CPU ${result.machine.cpuPct}% of one core (${result.machine.cores} cores), all processes, interrupts excluded`)
   for (const e of stats.errorLog.slice(0, 5)) out(`   error: ${e}`)
-  if (opts.json) process.stdout.write(JSON.stringify(result) + '\n')
 
   const ok = lostEdits === 0 && divergedRooms === 0 && stats.errors === 0 && stats.disconnects === 0 && connectFailures === 0
-  process.exit(ok ? 0 : 2)
+  const exit = () => process.exit(ok ? 0 : 2)
+  // A pipe takes 64 KiB at once (--samples makes more): exit once all is out.
+  if (opts.json) process.stdout.write(JSON.stringify(result) + '\n', exit)
+  else exit()
 }
 
 main().catch((err) => {
