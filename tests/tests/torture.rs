@@ -18,9 +18,8 @@
 //! file; every marker typed is there (exactly once unless its line was moved); the stale
 //! joiner's own text was kept in a recovery file; the slow peer was let go.
 //!
-//! Everyone types until the last fault is over (35–52 s in), so "converged after the last
-//! fault" is the time to quiesce. In CI: one seed, up to 1,000 edits per editor (`cargo test
-//! -p duet-e2e --test torture -- --nocapture`). Many seeds: `DUET_TORTURE_SEEDS=1-20` (or `7,11,13`); also
+//! Every editor makes at least 1,000 edits and types until the last fault is over (35–52 s
+//! in). In CI: one seed (`cargo test -p duet-e2e --test torture -- --nocapture`). Many seeds: `DUET_TORTURE_SEEDS=1-20` (or `7,11,13`); also
 //! `DUET_TORTURE_EDITS` (per editor). Every run prints its seed; a failing seed replays its
 //! choices (timing still varies). Needs PostgreSQL, Neovim and pynvim (`tests/run` installs
 //! them).
@@ -72,13 +71,18 @@ async fn torture() {
         summaries.push(run(seed, edits).await);
     }
     println!(
-        "torture: {} run(s), {} edits, {} faults; converged after the last fault in {}",
+        "torture: {} run(s), {} edits, {} faults; converged after the last edit / the last fault: {}",
         summaries.len(),
         summaries.iter().map(|s| s.edits).sum::<usize>(),
         summaries.iter().map(|s| s.faults).sum::<usize>(),
         summaries
             .iter()
-            .map(|s| format!("{:.1} s (seed {})", s.after_fault.as_secs_f64(), s.seed))
+            .map(|s| format!(
+                "{:.2} s / {:.1} s (seed {})",
+                s.after_edit.as_secs_f64(),
+                s.after_fault.as_secs_f64(),
+                s.seed
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -105,6 +109,7 @@ struct Summary {
     seed: u64,
     edits: usize,
     faults: usize,
+    after_edit: Duration,
     after_fault: Duration,
 }
 
@@ -231,6 +236,7 @@ async fn run(seed: u64, edits: usize) -> Summary {
         started,
         until: faults.last_end(),
         edits,
+        mean: faults.last_end() / edits.max(1) as u32,
     };
     let seeds: Vec<u64> = (0..5).map(|_| rng.next_u64()).collect();
     let [nv_a, nv_b] = &mut nvims[..] else {
@@ -259,10 +265,8 @@ async fn run(seed: u64, edits: usize) -> Summary {
                 &stale,
                 "s",
                 seeds[4],
-                Pace {
-                    edits: edits / 5,
-                    ..pace
-                },
+                // Until the end, at everyone's pace.
+                Pace { edits: 0, ..pace },
             )
             .await;
             (stale, typed)
@@ -380,11 +384,10 @@ async fn run(seed: u64, edits: usize) -> Summary {
     };
     let converged = stable.map(|(since, _)| since).unwrap_or_else(Instant::now);
     let after_fault = converged.saturating_duration_since(last_fault_ended);
+    let after_edit = converged.saturating_duration_since(typing_ended);
     println!(
         "  converged {:.2} s after the last edit, {:.2} s after the last fault ended",
-        converged
-            .saturating_duration_since(typing_ended)
-            .as_secs_f64(),
+        after_edit.as_secs_f64(),
         after_fault.as_secs_f64()
     );
 
@@ -521,6 +524,7 @@ async fn run(seed: u64, edits: usize) -> Summary {
         seed,
         edits: total,
         faults: 5,
+        after_edit,
         after_fault,
     }
 }
@@ -865,23 +869,24 @@ fn move_edits(text: &str, line: usize, before: usize) -> Vec<(usize, usize, Stri
     }
 }
 
-/// When and how much an editor types: `edits` edits spread over the time from `started` to
-/// the end of the last fault, with random pauses.
+/// When and how much an editor types: at least `edits` edits, with random pauses that spread
+/// them over the time from `started` to the end of the last fault, and on until that end.
 #[derive(Clone, Copy)]
 struct Pace {
     started: Instant,
     until: Duration,
     edits: usize,
+    /// The mean pause between edits.
+    mean: Duration,
 }
 
 impl Pace {
     fn going(&self, made: usize) -> bool {
-        made < self.edits && self.started.elapsed() < self.until
+        made < self.edits || self.started.elapsed() < self.until
     }
 
     fn pause(&self, rng: &mut Rng) -> Duration {
-        let mean = self.until.as_millis() as usize / self.edits.max(1);
-        Duration::from_millis(rng.below(2 * mean + 1) as u64)
+        Duration::from_millis(rng.below(2 * self.mean.as_millis() as usize + 1) as u64)
     }
 }
 
