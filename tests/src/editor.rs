@@ -24,8 +24,7 @@
 //! here with plain `String`/`char` arithmetic in the negotiated encoding, independently of the
 //! bridge's own code. Anything the bridge does against its documented contract (a position
 //! inside a character, an `applyEdit` without a version while the bridge knows it, a non-JSON
-//! frame on stdout, ...) is
-//! recorded as a *violation*; [`converge`] fails on any.
+//! frame on stdout, ...) is recorded as a *violation*; [`converge`] fails on any.
 //!
 //! The bridge process is killed when the [`FakeEditor`] drops; every wait has a timeout. On a
 //! failure, the whole LSP trace and the bridge's log are written to `target/bridge-traces/`
