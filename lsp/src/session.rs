@@ -872,7 +872,7 @@ impl Session {
             .settings
             .color
             .clone()
-            .unwrap_or_else(|| "#e5c07b".into());
+            .unwrap_or_else(|| default_color(&name).into());
         json!({"name": name, "color": color})
     }
 
@@ -1307,6 +1307,18 @@ fn change_end(change: &TextDocumentContentChangeEvent) -> Option<Position> {
             range.start.character + last.encode_utf16().count() as u32,
         )
     })
+}
+
+/// A colour for someone who chose none, from their name: people in one room without colours
+/// of their own still look different (FNV-1a, so every bridge picks the same for a name).
+fn default_color(name: &str) -> &'static str {
+    const PALETTE: [&str; 8] = [
+        "#e5c07b", "#61afef", "#c678dd", "#98c379", "#e06c75", "#56b6c2", "#d19a66", "#be5046",
+    ];
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    PALETTE[(hash % PALETTE.len() as u64) as usize]
 }
 
 fn default_name() -> String {

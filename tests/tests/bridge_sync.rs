@@ -319,7 +319,8 @@ async fn out_of_range_position_does_not_crash_and_texts_converge() {
 }
 
 /// An editor that does not report its cursor (Helix) shows peers where its user last typed —
-/// not where a peer's edit, applied in its buffer, ended.
+/// not where a peer's edit, applied in its buffer, ended; and people who chose no colour still
+/// get different ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peers_edit_does_not_move_our_presence() {
     let (_db, server) = start().await;
@@ -350,4 +351,13 @@ async fn a_peers_edit_does_not_move_our_presence() {
     // Presence goes out at most every 100 ms: give a wrong update time to arrive.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(head("bob"), Some(1), "bob's cursor followed ann's edit");
+    // Neither chose a colour: each gets one from the name, so they look different.
+    let color = |name: &str| {
+        watcher
+            .peers()
+            .iter()
+            .find(|p| p["user"]["name"] == name)
+            .map(|p| p["user"]["color"].clone())
+    };
+    assert_ne!(color("ann"), color("bob"), "{:?}", watcher.peers());
 }
