@@ -165,6 +165,7 @@ impl Operation {
             });
         }
         let edits: Vec<Edit> = trim_edit(base, Edit::new(start, end, text))
+            .map(|e| align_to_lines(base, e))
             .into_iter()
             .collect();
         Operation::from_edits(base.len_chars(), &edits)
@@ -699,6 +700,48 @@ impl Operation {
 
 /// Trims from an edit on `base` the chars its replacement keeps unchanged at either end;
 /// `None` if nothing is left.
+/// A whole-line insertion or deletion in the form a line diff may report it: shifted right by
+/// what the line has in common with the next one (`:move` of `«a»` above `«b»` reported as
+/// inserting `a»\n«` after the first `«`). The text is the same either way, but in the CRDT
+/// the shifted form gives the moved line a character of its neighbour. Pure insertions and
+/// deletions are moved back to start at a line start when that gives the same text and whole
+/// lines; anything else is left as it is.
+fn align_to_lines(base: &Rope, e: Edit) -> Edit {
+    let pure_insert = e.start == e.end;
+    let changed: Vec<char> = if pure_insert {
+        e.text.chars().collect()
+    } else if e.text.is_empty() {
+        base.slice(e.start..e.end).chars().collect()
+    } else {
+        return e;
+    };
+    if changed.last() == Some(&'\n') || !changed.contains(&'\n') {
+        return e;
+    }
+    // Shift left while the character before the edit equals the changed text's last one.
+    let mut k = 0;
+    while k < changed.len()
+        && k < e.start
+        && base.char(e.start - k - 1) == changed[changed.len() - 1 - k]
+    {
+        k += 1;
+        let at = e.start - k;
+        let rotated_ends_in_newline = changed[changed.len() - 1 - k] == '\n';
+        if (at == 0 || base.char(at - 1) == '\n') && rotated_ends_in_newline {
+            let text: String = changed[changed.len() - k..]
+                .iter()
+                .chain(&changed[..changed.len() - k])
+                .collect();
+            return if pure_insert {
+                Edit::new(at, at, text)
+            } else {
+                Edit::new(at, e.end - k, String::new())
+            };
+        }
+    }
+    e
+}
+
 fn trim_edit(base: &Rope, e: Edit) -> Option<Edit> {
     let old = base.slice(e.start..e.end);
     let new: Vec<char> = e.text.chars().collect();
@@ -1035,6 +1078,24 @@ pub(crate) mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn whole_lines_reported_shifted_are_aligned_again() {
+        let base = Rope::from_str("«a» one\n«b» two\nend\n");
+        // `:move` of a new line above `«b» two`, as a line diff reports it: after its `«`.
+        let op = Operation::replace_trimmed(&base, 9, 9, "m» new\n«").unwrap();
+        assert_eq!(op.apply(&base).unwrap(), "«a» one\n«m» new\n«b» two\nend\n");
+        assert_eq!(op.edits(), vec![Edit::new(8, 8, "«m» new\n")]);
+        // Deleting the line `«a» one` reported as from its second character on.
+        let op = Operation::replace_trimmed(&base, 1, 9, "").unwrap();
+        assert_eq!(op.apply(&base).unwrap(), "«b» two\nend\n");
+        assert_eq!(op.edits(), vec![Edit::new(0, 8, "")]);
+        // Not whole lines, or already at a line start: as reported.
+        let op = Operation::replace_trimmed(&base, 2, 2, "x»y«").unwrap();
+        assert_eq!(op.edits(), vec![Edit::new(2, 2, "x»y«")]);
+        let op = Operation::replace_trimmed(&base, 8, 8, "new\n").unwrap();
+        assert_eq!(op.edits(), vec![Edit::new(8, 8, "new\n")]);
     }
 
     #[test]

@@ -766,14 +766,7 @@ fn next_op(text: &str, rng: &mut Rng, marker: &str, kind: Kind) -> Option<Op> {
         marker,
         typed,
     };
-    Some(match rng.below(100) {
-        // Neovim reports changes as a diff of the lines (`editors-neovim.md`): a text inserted
-        // right before a character it starts with is reported one character further on (the
-        // old `«` becomes the new marker's, a new `«` the old marker's). The texts are the
-        // same, but a peer deleting or moving the old marker at that moment takes the new
-        // marker's `«` with it. That is Neovim's report, not a loss in duet (see README,
-        // limits); these runs keep such insertions out of Neovim's part.
-        0..=19 if kind == Kind::Neovim && chars[at] == '«' => return None,
+    let op = match rng.below(100) {
         0..=19 => insert(
             format!("{marker}{}", filler(rng)),
             Some(marker.to_string()),
@@ -847,7 +840,26 @@ fn next_op(text: &str, rng: &mut Rng, marker: &str, kind: Kind) -> Option<Op> {
             }
         }
         _ => insert(filler(rng), None, true),
-    })
+    };
+    // Neovim reports changes as a diff of the lines (`editors-neovim.md`): a text inserted
+    // inside a line right before a character it starts with is reported one character further
+    // on (a new marker takes the old one's `«`, and a new `«` goes to the old one). The texts are
+    // the same, but a peer deleting or moving the old one at that moment takes the new one's
+    // character with it. That is Neovim's report, not a loss in duet (README, "In your
+    // editor"); these runs keep such insertions out of Neovim's part. (Whole lines are aligned
+    // by the bridge and stay in.)
+    if let Op::Edit {
+        edits,
+        typed: false,
+        ..
+    } = &op
+    {
+        let (a, b, text) = &edits[0];
+        if kind == Kind::Neovim && a == b && text.chars().next() == chars.get(*a).copied() {
+            return None;
+        }
+    }
+    Some(op)
 }
 
 /// The character ranges of a line move as two changes: delete the line, insert it elsewhere.
