@@ -719,8 +719,9 @@ fn align_to_lines(base: &Rope, e: Edit) -> Edit {
         return e;
     }
     // Shift left while the character before the edit equals the changed text's last one.
+    // (A shift by the whole text would give the same edit: stop one short of it.)
     let mut k = 0;
-    while k < changed.len()
+    while k + 1 < changed.len()
         && k < e.start
         && base.char(e.start - k - 1) == changed[changed.len() - 1 - k]
     {
@@ -1096,6 +1097,37 @@ pub(crate) mod tests {
         assert_eq!(op.edits(), vec![Edit::new(2, 2, "x»y«")]);
         let op = Operation::replace_trimmed(&base, 8, 8, "new\n").unwrap();
         assert_eq!(op.edits(), vec![Edit::new(8, 8, "new\n")]);
+        // Text that repeats what precedes it: the same text, whichever place is chosen.
+        let base = Rope::from_str("x\nab\nab");
+        let op = Operation::replace_trimmed(&base, 7, 7, "\nab").unwrap();
+        assert_eq!(op.apply(&base).unwrap(), "x\nab\nab\nab");
+        let base = Rope::from_str("a\na");
+        let op = Operation::replace_trimmed(&base, 1, 1, "\na").unwrap();
+        assert_eq!(op.apply(&base).unwrap(), "a\na\na");
+    }
+
+    /// Whatever is trimmed or re-aligned, the result is the text the change makes.
+    #[test]
+    fn trimmed_and_aligned_changes_make_the_same_text() {
+        let mut rng = Rng::new(11);
+        let pieces = ["a", "\n", "«", "b"];
+        for _ in 0..20_000 {
+            let text: String = (0..rng.below(8)).map(|_| pieces[rng.below(4)]).collect();
+            let base = Rope::from_str(&text);
+            let len = base.len_chars();
+            let start = rng.below(len + 1);
+            let end = start + rng.below(len - start + 1);
+            let new: String = (0..rng.below(5)).map(|_| pieces[rng.below(4)]).collect();
+            let op = Operation::replace_trimmed(&base, start, end, &new).unwrap();
+            let mut expected = base.clone();
+            expected.remove(start..end);
+            expected.insert(start, &new);
+            assert_eq!(
+                op.apply(&base).unwrap(),
+                expected,
+                "{text:?} [{start}, {end}) {new:?}"
+            );
+        }
     }
 
     #[test]
