@@ -802,7 +802,11 @@ mod tests {
             let Some(Out::YText(text)) = files.get(&txn, "a.txt") else {
                 panic!()
             };
-            let at = "héllo 🎉".chars().take(i).map(char::len_utf8).sum::<usize>();
+            let at = "héllo 🎉"
+                .chars()
+                .take(i)
+                .map(char::len_utf8)
+                .sum::<usize>();
             text.insert(&mut txn, at as u32, &c.to_string());
             room.receive(peer, &update_frame(txn.encode_update_v1()))
                 .unwrap();

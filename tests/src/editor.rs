@@ -2090,6 +2090,24 @@ pub async fn wait_server_file(
     }
 }
 
+/// Per character of `text`: whether it belongs to a marker `«…»` (the randomized tests insert
+/// such markers and check that each survives whole).
+pub fn marker_mask(text: &[char]) -> Vec<bool> {
+    let mut inside = false;
+    text.iter()
+        .map(|&c| {
+            if c == '«' {
+                inside = true;
+            }
+            let here = inside;
+            if c == '»' {
+                inside = false;
+            }
+            here
+        })
+        .collect()
+}
+
 /// Asserts that `piece` occurs exactly once in `text`.
 pub fn assert_once(text: &str, piece: &str) {
     let n = text.matches(piece).count();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use duet_e2e::editor::{assert_once, converge, FakeEditor, Kind, Rng, WAIT};
+use duet_e2e::editor::{assert_once, converge, marker_mask, FakeEditor, Kind, Rng, WAIT};
 use duet_e2e::proxy::Proxy;
 use duet_e2e::server::{Backend, Database, Server};
 use futures_util::future::join_all;
@@ -172,23 +172,6 @@ async fn offline_edits_reach_editors_that_reconnected_first() {
 
 const PATH: &str = "random.txt";
 const FILLER: &[&str] = &["a", "b", " ", "é", "世", "界", "🎉", "\n", "x", "—", "ñ"];
-
-/// Per character of `text`: whether it belongs to a marker `«…»`.
-fn marker_mask(text: &[char]) -> Vec<bool> {
-    let mut inside = false;
-    text.iter()
-        .map(|&c| {
-            if c == '«' {
-                inside = true;
-            }
-            let here = inside;
-            if c == '»' {
-                inside = false;
-            }
-            here
-        })
-        .collect()
-}
 
 /// A random insertion point that is not inside a marker.
 fn insertion_point(text: &[char], mask: &[bool], rng: &mut Rng) -> usize {

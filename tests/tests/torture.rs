@@ -27,7 +27,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use duet_e2e::editor::{FakeEditor, Kind, Rng, WAIT};
+use duet_e2e::editor::{marker_mask, FakeEditor, Kind, Rng, WAIT};
 use duet_e2e::nvim::Nvims;
 use duet_e2e::pg::Cluster;
 use duet_e2e::proxy::Proxy;
@@ -41,6 +41,8 @@ use yrs::updates::encoder::Encode;
 use yrs::StateVector;
 
 const FILES: [&str; 3] = ["notes.txt", "src/app.py", "docs/guide.md"];
+/// The faults every run injects: kill, cut, database outage, slow peer, stale joiner.
+const FAULTS: usize = 5;
 const CUT: Duration = Duration::from_secs(10);
 const DB_DOWN: Duration = Duration::from_secs(30);
 const FILLER: &[&str] = &[
@@ -74,7 +76,7 @@ async fn torture() {
         "torture: {} run(s), {} edits, {} faults; converged after the last edit / the last fault: {}",
         summaries.len(),
         summaries.iter().map(|s| s.edits).sum::<usize>(),
-        summaries.iter().map(|s| s.faults).sum::<usize>(),
+        summaries.len() * FAULTS,
         summaries
             .iter()
             .map(|s| format!(
@@ -108,7 +110,6 @@ fn seeds() -> Vec<u64> {
 struct Summary {
     seed: u64,
     edits: usize,
-    faults: usize,
     after_edit: Duration,
     after_fault: Duration,
 }
@@ -523,7 +524,6 @@ async fn run(seed: u64, edits: usize) -> Summary {
     Summary {
         seed,
         edits: total,
-        faults: 5,
         after_edit,
         after_fault,
     }
@@ -678,23 +678,6 @@ enum Op {
         before: usize,
         markers: Vec<String>,
     },
-}
-
-/// Per character: whether it belongs to a marker `«…»`.
-fn marker_mask(text: &[char]) -> Vec<bool> {
-    let mut inside = false;
-    text.iter()
-        .map(|&c| {
-            if c == '«' {
-                inside = true;
-            }
-            let here = inside;
-            if c == '»' {
-                inside = false;
-            }
-            here
-        })
-        .collect()
 }
 
 /// Every run of marker characters (see [`marker_mask`]) with some context around it.
