@@ -193,6 +193,18 @@ impl Operation {
         Ok(op)
     }
 
+    /// How many chars this operation deletes and inserts.
+    pub fn changed_chars(&self) -> usize {
+        self.components
+            .iter()
+            .map(|c| match c {
+                Component::Retain(_) => 0,
+                Component::Delete(n) => *n,
+                Component::Insert(s) => char_len(s),
+            })
+            .sum()
+    }
+
     /// Length in chars of the text this operation applies to.
     pub fn base_len(&self) -> usize {
         self.base_len

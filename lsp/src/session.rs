@@ -515,7 +515,11 @@ impl Session {
             Some(room_text) => {
                 let current = doc.shadow.crdt_text().to_string();
                 if current != room_text {
-                    let saved = (!current.trim().is_empty()).then(|| {
+                    // A final line break only the editor has (Neovim's 'eol') is no text of
+                    // the user's: nothing to recover.
+                    let worth_saving = !current.trim().is_empty()
+                        && current.strip_suffix('\n') != Some(room_text.as_str());
+                    let saved = worth_saving.then(|| {
                         self.workspace
                             .save_recovery(&room.invite.room.to_string(), &path, &current)
                     });

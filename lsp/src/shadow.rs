@@ -28,11 +28,15 @@
 //!   change turns the shadow into exactly the expected text, it is the echo — whatever range
 //!   the editor reported (Neovim re-derives it with a line diff).
 //! - Editors also rewrite what we send, predictably: VS Code turns the line breaks we insert
-//!   into the document's EOL, Neovim into LF, and Neovim keeps a file's final `\n` outside
-//!   its buffer, so an edit reaching the end of the text leaves that `\n` behind it. A change
-//!   that produces one of those predicted texts is the echo too, and the difference to ours
-//!   goes to the CRDT as the editor's own edit: its form wins. (Re-sending ours would be
-//!   rewritten again, forever.)
+//!   into the document's EOL, Neovim into LF. A change that produces one of those predicted
+//!   texts is the echo too, and the difference to ours goes to the CRDT as the editor's own
+//!   edit: its form wins. (Re-sending ours would be rewritten again, forever.)
+//! - Neovim keeps a buffer's final line break outside its lines ('eol'): text we append after
+//!   the last line gains a `\n`, and a final `\n` we delete stays. That break is the
+//!   editor's, not the text's: the echo is recognised, the shadow leaves the break out from
+//!   then on ([`Shadow::implicit_final_newline`]), and the editor's changes are read against
+//!   its text with the break. (Adopting it put every keystroke a peer typed at the end of a
+//!   file on a line of its own.)
 //! - Anything else is the user's: it is transformed through `pending` into CRDT coordinates
 //!   (remote text first where both insert at one place, so the user's cursor stays after
 //!   what they typed), and `pending` is transformed past it.
@@ -75,8 +79,11 @@
 //!   line endings per room to avoid that. An adopted line break typed into a region a peer
 //!   deleted at the same time survives, as concurrent typing would.
 //! - A change that changes nothing, arriving while an edit that deletes the document's final
-//!   line break is in flight, is taken for Neovim's echo of it (Neovim keeps that break), so
-//!   the final line break is restored in the CRDT.
+//!   line break is in flight, is taken for Neovim's echo of it (Neovim keeps that break): the
+//!   break becomes implicit.
+//! - A change at the end of a text with an implicit final break can be read two ways (the
+//!   break still implicit, or now the text's own): the reading that changes the text less
+//!   wins.
 //! - An unchecked (version 0) edit that Neovim applies at stale positions damages the text
 //!   the user sees until the repair arrives; what the user types into the damage stays.
 //! - Helix's completion preview can revert a peer's edit without a `didChange` and then send
@@ -227,6 +234,11 @@ pub struct Shadow {
     blocked_by_rejection: bool,
     /// The next edit goes out unchecked (see [`Shadow::retry_after_rejection`]).
     unchecked_retry: bool,
+    /// The editor shows one line break more at the end than the document has: Neovim keeps a
+    /// buffer's final line break outside its lines ('eol') and adds one when text is appended
+    /// after the last line. That break belongs to the editor's file format, not to the text:
+    /// `shadow` leaves it out, and it never reaches the CRDT.
+    implicit_final_newline: bool,
 }
 
 impl Shadow {
@@ -245,12 +257,20 @@ impl Shadow {
             next_id: 1,
             blocked_by_rejection: false,
             unchecked_retry: false,
+            implicit_final_newline: false,
         }
     }
 
-    /// The editor's text as its `didChange` stream says it is.
+    /// The editor's text as its `didChange` stream says it is (without an implicit final line
+    /// break, see [`Shadow::implicit_final_newline`]).
     pub fn text(&self) -> &Rope {
         &self.shadow
+    }
+
+    /// True when the editor shows a line break at the end that the text does not have
+    /// (Neovim's 'eol'): the editor's text is [`Shadow::text`] followed by `\n`.
+    pub fn implicit_final_newline(&self) -> bool {
+        self.implicit_final_newline
     }
 
     /// The CRDT's text as this bridge knows it (the shadow with `pending` applied). Use it to
@@ -292,7 +312,8 @@ impl Shadow {
             echoes: 0,
         };
         for change in changes {
-            let (op, clamped) = self.change_to_op(change)?;
+            let (op, clamped, implicit_final_newline) = self.change_to_op(change)?;
+            self.implicit_final_newline = implicit_final_newline;
             out.clamped |= clamped.is_yes();
             self.process_change(op, &mut out)?;
         }
@@ -423,24 +444,47 @@ impl Shadow {
 
     // -----------------------------------------------------------------------------------------
 
-    /// A content change as an operation on the shadow, and whether its range was clamped. A
-    /// change without a range replaces the whole document and is diffed against the shadow.
+    /// A content change as an operation on the shadow, whether its range was clamped, and
+    /// whether the editor still shows an implicit final line break after it. A change without a
+    /// range replaces the whole document and is diffed against the shadow.
     fn change_to_op(
         &self,
         change: &TextDocumentContentChangeEvent,
-    ) -> Result<(Operation, Clamped), ShadowError> {
-        match change.range {
-            Some(range) => {
-                let (chars, clamped) = encoding::range_to_chars(&self.shadow, range, self.encoding);
-                let op =
-                    Operation::replace_trimmed(&self.shadow, chars.start, chars.end, &change.text)?;
-                Ok((op, clamped))
-            }
-            None => Ok((
-                Operation::diff(&self.shadow, &Rope::from_str(&change.text)),
-                Clamped::No,
-            )),
+    ) -> Result<(Operation, Clamped, bool), ShadowError> {
+        if !self.implicit_final_newline {
+            let (op, clamped) = change_op(&self.shadow, change, self.encoding)?;
+            return Ok((op, clamped, false));
         }
+        // The editor's text is the shadow and the implicit break: the change applies there.
+        let len = self.shadow.len_chars();
+        let mut full = self.shadow.clone();
+        full.insert(len, "\n");
+        let (op, clamped) = change_op(&full, change, self.encoding)?;
+        let edits = op.edits();
+        if edits.last().is_none_or(|e| e.end <= len) {
+            // The break stays as it was: the same edits apply to the shadow.
+            return Ok((Operation::from_edits(len, &edits)?, clamped, true));
+        }
+        // The change reaches the break. The editor's new text either still ends with an
+        // implicit break, or its last break is now the text's own: whichever changes the text
+        // less (Neovim removes an emptied last line in a step of its own, after our edit
+        // reached past its buffer; that step makes the break the text's own again).
+        let after = op.apply(&full)?;
+        let replace_end = |text: &Rope| -> Result<Operation, ShadowError> {
+            // Everything before the first edit is unchanged.
+            let start = edits[0].start.min(len).min(text.len_chars());
+            let new = text.slice(start..).to_string();
+            Ok(Operation::replace_trimmed(&self.shadow, start, len, &new)?)
+        };
+        let own = replace_end(&after)?;
+        let n = after.len_chars();
+        if n > 0 && after.char(n - 1) == '\n' {
+            let implicit = replace_end(&after.slice(..n - 1).into())?;
+            if implicit.changed_chars() <= own.changed_chars() {
+                return Ok((implicit, clamped, true));
+            }
+        }
+        Ok((own, clamped, false))
     }
 
     fn process_change(&mut self, op: Operation, out: &mut LocalEdits) -> Result<(), ShadowError> {
@@ -450,27 +494,33 @@ impl Shadow {
         if let Some(flight) = &self.in_flight {
             match &flight.state {
                 Flight::Sent { edit, expected, .. } => {
-                    let candidates = echo_candidates(&self.shadow, edit);
-                    if let Some(i) = match_candidate(&self.shadow, &candidates, &actual)? {
-                        self.shadow = expected.clone();
+                    let candidates = self.echo_candidates(edit);
+                    if let Some(echo) = match_candidate(&self.shadow, &candidates, &actual)? {
+                        let expected = expected.clone();
+                        let actual = self.leave_out_added_newline(&echo, actual);
+                        self.shadow = expected;
                         self.in_flight = None;
                         out.echoes += 1;
-                        return self.adopt_editor_form(i, actual, out);
+                        return self.adopt_editor_form(&echo, actual, out);
                     }
                 }
                 Flight::Displaced => {
                     let (raw, _) =
                         encoding::range_to_chars(&self.shadow, flight.range, self.encoding);
                     let raw_edit = Edit::new(raw.start, raw.end, flight.new_text.clone());
-                    let candidates = echo_candidates(&self.shadow, &raw_edit);
-                    if let Some(i) = match_candidate(&self.shadow, &candidates, &actual)? {
-                        // The editor applied our edit (in form `i`) where the user's typing
+                    let candidates = self.echo_candidates(&raw_edit);
+                    if let Some(mut echo) = match_candidate(&self.shadow, &candidates, &actual)? {
+                        // The editor applied our edit (in form `echo`) where the user's typing
                         // had moved the text. Take its text as it is; `pending` undoes the
                         // misplaced edit and redoes the remote changes where they belong.
                         // (No adoption of the editor's form here: that text is going away.)
+                        let actual = self.leave_out_added_newline(&echo, actual);
+                        if echo.adds_newline {
+                            echo.edit.text.pop();
+                        }
                         let misplaced = Operation::from_edits(
                             self.shadow.len_chars(),
-                            std::slice::from_ref(&candidates[i]),
+                            std::slice::from_ref(&echo.edit),
                         )?;
                         let undo = misplaced.invert(&self.shadow)?;
                         self.pending = undo.compose(&self.pending)?.simplify(&actual)?;
@@ -493,20 +543,73 @@ impl Shadow {
         self.local_edit(op, actual, out)
     }
 
-    /// After an echo that matched candidate `i`: for any but the exact one (0), the editor's
-    /// form wins, as an edit of its own from the expected text (now the shadow) to what it
-    /// reported. Re-sending ours would only be normalised again, forever.
+    /// After an echo in the editor's form `echo`: for any but the exact one, the editor's form
+    /// wins, as an edit of its own from the expected text (now the shadow) to what it reported
+    /// (`actual`, without an added final line break). Re-sending ours would only be normalised
+    /// again, forever.
     fn adopt_editor_form(
         &mut self,
-        i: usize,
+        echo: &Echo,
         actual: Rope,
         out: &mut LocalEdits,
     ) -> Result<(), ShadowError> {
-        if i == 0 {
+        if echo.exact {
             return Ok(());
         }
         let op = Operation::diff_line_breaks(&self.shadow, &actual);
         self.local_edit(op, actual, out)
+    }
+
+    /// An echo that added a final line break (Neovim appending after its last line, or keeping
+    /// the break our edit deleted): the break is the editor's, implicit from now on.
+    fn leave_out_added_newline(&mut self, echo: &Echo, mut actual: Rope) -> Rope {
+        if echo.adds_newline {
+            let n = actual.len_chars();
+            actual.remove(n - 1..n);
+            self.implicit_final_newline = true;
+        }
+        actual
+    }
+
+    /// What an editor may make of our edit on the shadow, exact first:
+    /// - as sent;
+    /// - with the line breaks of the new text normalised to LF (Neovim always; VS Code in an
+    ///   LF document) or to CRLF (VS Code in a CRLF document; Neovim with `fileformat=dos`);
+    /// - for an edit reaching the end of a text that ends with `\n` (and no implicit break
+    ///   yet), each of those followed by that `\n`: Neovim keeps the last line break outside
+    ///   its buffer lines, so it survives the edit (or is appended after text inserted on the
+    ///   empty last line).
+    fn echo_candidates(&self, edit: &Edit) -> Vec<Echo> {
+        let base = &self.shadow;
+        let lf = edit.text.replace("\r\n", "\n").replace('\r', "\n");
+        let crlf = lf.replace('\n', "\r\n");
+        let mut texts = vec![edit.text.clone()];
+        for t in [lf, crlf] {
+            if !texts.contains(&t) {
+                texts.push(t);
+            }
+        }
+        let form = |i: usize, edit: Edit, adds_newline: bool| Echo {
+            edit,
+            exact: i == 0 && !adds_newline,
+            adds_newline,
+        };
+        let mut out: Vec<Echo> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| form(i, Edit::new(edit.start, edit.end, t.clone()), false))
+            .collect();
+        let len = base.len_chars();
+        if !self.implicit_final_newline && edit.end == len && len > 0 && base.char(len - 1) == '\n'
+        {
+            out.extend(
+                texts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| form(i, Edit::new(edit.start, len, format!("{t}\n")), true)),
+            );
+        }
+        out
     }
 
     /// A change that is not our echo: our edit in flight will not be applied (the editor's
@@ -596,51 +699,51 @@ impl Shadow {
     }
 }
 
-/// What an editor may make of our edit on `base`, exact first:
-/// - as sent;
-/// - with the line breaks of the new text normalised to LF (Neovim always; VS Code in an LF
-///   document) or to CRLF (VS Code in a CRLF document; Neovim with `fileformat=dos`);
-/// - for an edit reaching the end of a document that ends with `\n`, each of those followed
-///   by that `\n`: Neovim keeps the last line break outside its buffer lines, so it survives
-///   the edit (or is appended after text inserted on the empty last line).
-fn echo_candidates(base: &Rope, edit: &Edit) -> Vec<Edit> {
-    let lf = edit.text.replace("\r\n", "\n").replace('\r', "\n");
-    let crlf = lf.replace('\n', "\r\n");
-    let mut texts = vec![edit.text.clone()];
-    for t in [lf, crlf] {
-        if !texts.contains(&t) {
-            texts.push(t);
+/// A content change as an operation on `base`, and whether its range was clamped.
+fn change_op(
+    base: &Rope,
+    change: &TextDocumentContentChangeEvent,
+    encoding: PositionEncoding,
+) -> Result<(Operation, Clamped), ShadowError> {
+    Ok(match change.range {
+        Some(range) => {
+            let (chars, clamped) = encoding::range_to_chars(base, range, encoding);
+            let op = Operation::replace_trimmed(base, chars.start, chars.end, &change.text)?;
+            (op, clamped)
         }
-    }
-    let len = base.len_chars();
-    let mut out: Vec<Edit> = texts
-        .iter()
-        .map(|t| Edit::new(edit.start, edit.end, t.clone()))
-        .collect();
-    if edit.end == len && len > 0 && base.char(len - 1) == '\n' {
-        out.extend(
-            texts
-                .iter()
-                .map(|t| Edit::new(edit.start, len, format!("{t}\n"))),
-        );
-    }
-    out
+        None => (
+            Operation::diff(base, &Rope::from_str(&change.text)),
+            Clamped::No,
+        ),
+    })
 }
 
-/// The index of the first candidate edit that turns `base` into `actual`.
+/// One form in which an editor may echo our edit.
+#[derive(Debug, Clone)]
+struct Echo {
+    /// The edit on the shadow that the editor's change amounts to.
+    edit: Edit,
+    /// Exactly as sent.
+    exact: bool,
+    /// With a line break added at the end, which the editor keeps implicit (Neovim).
+    adds_newline: bool,
+}
+
+/// The first candidate that turns `base` into `actual`.
 fn match_candidate(
     base: &Rope,
-    candidates: &[Edit],
+    candidates: &[Echo],
     actual: &Rope,
-) -> Result<Option<usize>, ShadowError> {
-    for (i, c) in candidates.iter().enumerate() {
+) -> Result<Option<Echo>, ShadowError> {
+    for c in candidates {
+        let e = &c.edit;
         // Lengths first: typing changes the length, so the full comparison is rare.
-        if base.len_chars() - (c.end - c.start) + c.inserted_chars() != actual.len_chars() {
+        if base.len_chars() - (e.end - e.start) + e.inserted_chars() != actual.len_chars() {
             continue;
         }
-        let op = Operation::from_edits(base.len_chars(), std::slice::from_ref(c))?;
+        let op = Operation::from_edits(base.len_chars(), std::slice::from_ref(e))?;
         if op.apply(base)? == *actual {
-            return Ok(Some(i));
+            return Ok(Some(c.clone()));
         }
     }
     Ok(None)
@@ -1089,17 +1192,84 @@ mod tests {
     }
 
     #[test]
-    fn neovim_insert_on_the_empty_last_line_gains_a_line_break() {
-        // Neovim appends text sent for the empty last line as a new line, with its own "\n".
-        let mut s = Shadow::new("a\n", 1, Utf8);
-        remote(&mut s, 2, 2, "c");
+    fn neovims_final_line_break_stays_out_of_the_text() {
+        // A peer types "ab" at the very end of "x\n", one character at a time. Neovim appends
+        // text sent for the empty last line as a new line with its own implicit "\n": that
+        // break is Neovim's, not the room's (every keystroke used to land on a line of its own).
+        let mut s = Shadow::new("x\n", 1, Utf8);
+        remote(&mut s, 2, 2, "a");
         let e = s.next_apply_edit().unwrap().unwrap();
         assert_eq!(e.range, lsp_range((1, 0), (1, 0)));
         let le = s
-            .editor_changed(2, &[ch(Some(lsp_range((1, 0), (1, 0))), "c\n")])
+            .editor_changed(2, &[ch(Some(lsp_range((1, 0), (1, 0))), "a\n")])
             .unwrap();
-        assert_eq!(le.echoes, 1);
-        assert_converged(&s, "a\nc\n");
+        assert_eq!((le.echoes, le.is_empty()), (1, true), "{le:?}");
+        assert!(s.implicit_final_newline());
+        assert_converged(&s, "x\na");
+        remote(&mut s, 3, 3, "b");
+        let e = s.next_apply_edit().unwrap().unwrap();
+        assert_eq!(e.range, lsp_range((1, 1), (1, 1)));
+        let le = s.editor_changed(3, &[echo(&e)]).unwrap();
+        assert_eq!((le.echoes, le.is_empty()), (1, true), "{le:?}");
+        assert_converged(&s, "x\nab");
+        // The Neovim user types at the end of the last line, and opens a line below it: Neovim
+        // reports the new line after its implicit break ("x\nab\n" + "c\n").
+        let le = s
+            .editor_changed(4, &[ch(Some(lsp_range((1, 2), (1, 2))), "!")])
+            .unwrap();
+        assert_eq!(
+            le.splices,
+            vec![Splice {
+                index: 4,
+                delete: 0,
+                insert: "!".into()
+            }]
+        );
+        let le = s
+            .editor_changed(5, &[ch(Some(lsp_range((2, 0), (2, 0))), "c\n")])
+            .unwrap();
+        assert_eq!(
+            le.splices,
+            vec![Splice {
+                index: 5,
+                delete: 0,
+                insert: "\nc".into()
+            }]
+        );
+        assert_converged(&s, "x\nab!\nc");
+        // Deleting the last line (`dd`): the line before it keeps its implicit break.
+        let le = s
+            .editor_changed(6, &[ch(Some(lsp_range((1, 3), (2, 1))), "")])
+            .unwrap();
+        assert_eq!(
+            le.splices,
+            vec![Splice {
+                index: 5,
+                delete: 2,
+                insert: String::new()
+            }]
+        );
+        assert_converged(&s, "x\nab!");
+        assert!(s.implicit_final_newline());
+        // A full-document change keeps it too; one without the break ends it (`:set noeol`).
+        s.editor_changed(7, &[ch(None, "x\nab!\n")]).unwrap();
+        assert_converged(&s, "x\nab!");
+        s.editor_changed(8, &[ch(None, "x\nab!")]).unwrap();
+        assert!(!s.implicit_final_newline());
+        assert_converged(&s, "x\nab!");
+    }
+
+    #[test]
+    fn a_deleted_final_line_break_that_neovim_keeps_stays_deleted() {
+        // The room's text lost its final "\n" (or never had it: joining such a room). Neovim
+        // keeps the break and reports a change that changes nothing: the room keeps its text.
+        let mut s = Shadow::new("x = 1\n", 1, Utf8);
+        remote(&mut s, 5, 6, "");
+        let e = s.next_apply_edit().unwrap().unwrap();
+        let le = s.editor_changed(2, &[ch(Some(e.range), "\n")]).unwrap();
+        assert_eq!((le.echoes, le.is_empty()), (1, true), "{le:?}");
+        assert!(s.implicit_final_newline());
+        assert_converged(&s, "x = 1");
     }
 
     #[test]
@@ -1726,7 +1896,14 @@ mod tests {
 
         fn check(&self) {
             let ctx = self.ctx();
-            let editor = self.editor.text.to_string();
+            let mut editor = self.editor.text.to_string();
+            if self.shadow.implicit_final_newline() {
+                assert!(
+                    editor.ends_with('\n'),
+                    "{ctx}: no implicit final line break"
+                );
+                editor.pop();
+            }
             assert_eq!(
                 self.shadow.text().to_string(),
                 editor,
