@@ -6,21 +6,26 @@
 //! deltas for the session to hand to that document's [`crate::shadow::Shadow`]; our own changes
 //! (origin [`LOCAL`]) are not reported back.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use yrs::sync::{Awareness, Message, SyncMessage};
 use yrs::types::Delta;
+use yrs::undo::Options as UndoOptions;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
     Doc, GetString, Map, MapRef, Observable, OffsetKind, Options, Origin, Out, ReadTxn, Text,
-    TextPrelim, TextRef, Transact, Update,
+    TextPrelim, TextRef, Transact, UndoManager, Update,
 };
 
 use crate::ot::Component;
 
 /// Origin of the transactions this bridge makes, so its own observers skip them.
 const LOCAL: &str = "duet-lsp";
+
+/// The user's edits within this long of each other are one undo step: a burst of typing.
+const UNDO_CAPTURE_MS: u64 = 500;
 
 /// Peers' changes to one linked file, in order, as UTF-16 components on its previous text.
 pub type RemoteChange = (String, Vec<Component>);
@@ -55,6 +60,17 @@ pub struct Replica {
     files: MapRef,
     changes: Arc<Mutex<Vec<RemoteChange>>>,
     linked: Vec<(String, TextRef)>,
+    /// Per linked file, the user's own edits, to undo and redo (see [`Replica::undo`]).
+    undo: HashMap<String, UndoManager>,
+    /// Updates made by undoing or redoing, to send.
+    undo_updates: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+/// Undo or redo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    Undo,
+    Redo,
 }
 
 impl Default for Replica {
@@ -70,11 +86,29 @@ impl Replica {
             ..Options::default()
         });
         let files = doc.get_or_insert_map("files");
+        // Undoing is a transaction of its undo manager's origin: neither ours (LOCAL, sent as
+        // it is made) nor a peer's (no origin). Its update is collected here, to be sent.
+        let undo_updates: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let collected = undo_updates.clone();
+        doc.observe_update_v1(LOCAL, move |txn, event| {
+            if txn
+                .origin()
+                .is_some_and(|origin| *origin != Origin::from(LOCAL))
+            {
+                collected
+                    .lock()
+                    .expect("undo updates")
+                    .push(event.update.clone());
+            }
+        })
+        .expect("a new document has no transaction open");
         Replica {
             awareness: Awareness::new(doc),
             files,
             changes: Arc::default(),
             linked: Vec::new(),
+            undo: HashMap::new(),
+            undo_updates,
         }
     }
 
@@ -205,6 +239,13 @@ impl Replica {
                 .expect("changes")
                 .push((key.clone(), components));
         });
+        let mut undo = UndoManager::with_options(UndoOptions {
+            capture_timeout_millis: UNDO_CAPTURE_MS,
+            tracked_origins: HashSet::from([Origin::from(LOCAL)]),
+            ..UndoOptions::default()
+        });
+        undo.expand_scope(self.doc(), &text);
+        self.undo.insert(path.to_string(), undo);
         self.linked.push((path.to_string(), text.clone()));
         let txn = self.doc().transact();
         Some(text.get_string(&txn))
@@ -215,6 +256,25 @@ impl Replica {
             let (_, text) = self.linked.swap_remove(i);
             text.unobserve(LOCAL);
         }
+        self.undo.remove(path);
+    }
+
+    /// Undoes (or redoes) up to `steps` of this bridge's own edits to a linked file, as a new
+    /// change of the CRDT: a peer's text is never removed, even typed inside ours. The change
+    /// is reported like a peer's ([`Replica::take_remote_changes`]), so that it reaches the
+    /// editor. Returns how many steps were done and the frames to send.
+    pub fn undo(&mut self, path: &str, history: History, steps: usize) -> (usize, Vec<Vec<u8>>) {
+        let Some(undo) = self.undo.get_mut(path) else {
+            return (0, Vec::new());
+        };
+        let done = (0..steps)
+            .take_while(|_| match history {
+                History::Undo => undo.undo_blocking(),
+                History::Redo => undo.redo_blocking(),
+            })
+            .count();
+        let updates = std::mem::take(&mut *self.undo_updates.lock().expect("undo updates"));
+        (done, updates.into_iter().map(update_frame).collect())
     }
 
     /// True when the room's entry for a linked path is no longer the text we follow: removed,
@@ -297,6 +357,8 @@ pub fn update_frame(update: Vec<u8>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::shadow::Splice;
 
@@ -305,6 +367,70 @@ mod tests {
         let sv = to.doc().transact().state_vector();
         let update = from.doc().transact().encode_state_as_update_v1(&sv);
         to.receive(&update_frame(update)).unwrap();
+    }
+
+    fn splice(index: usize, delete: usize, insert: &str) -> Splice {
+        Splice {
+            index,
+            delete,
+            insert: insert.into(),
+        }
+    }
+
+    /// Applies frames (updates) from another replica, as the server would relay them.
+    fn receive_all(to: &mut Replica, frames: &[Vec<u8>]) {
+        for frame in frames {
+            to.receive(frame).unwrap();
+        }
+    }
+
+    #[test]
+    fn undo_removes_only_our_own_edits_and_redo_brings_them_back() {
+        let (mut a, mut b) = (Replica::new(), Replica::new());
+        let created = a.create("f.txt", "0\n");
+        receive_all(&mut b, &[created]);
+        a.link("f.txt");
+        b.link("f.txt");
+        // ann types a line; bob types inside it; ann types again, a while later.
+        let typed = a.edit("f.txt", &[splice(2, 0, "ann1\n")]).unwrap();
+        receive_all(&mut b, &[typed]);
+        let typed = b.edit("f.txt", &[splice(4, 0, "BOB")]).unwrap();
+        receive_all(&mut a, &[typed]);
+        std::thread::sleep(Duration::from_millis(UNDO_CAPTURE_MS + 50));
+        let typed = a.edit("f.txt", &[splice(0, 0, "ann2 ")]).unwrap();
+        receive_all(&mut b, &[typed]);
+        a.take_remote_changes();
+        b.take_remote_changes();
+        assert_eq!(a.text("f.txt").unwrap(), "ann2 0\nanBOBn1\n");
+
+        // One step: ann's last burst only.
+        let (done, frames) = a.undo("f.txt", History::Undo, 1);
+        assert_eq!((done, frames.len()), (1, 1));
+        assert_eq!(a.text("f.txt").unwrap(), "0\nanBOBn1\n");
+        assert_eq!(
+            a.take_remote_changes(),
+            vec![("f.txt".to_string(), vec![Component::Delete(5)])],
+            "the undo reaches the editor like a peer's change"
+        );
+        // Two more asked, one left: bob's text inside ann's line stays.
+        let (done, more) = a.undo("f.txt", History::Undo, 2);
+        assert_eq!(done, 1);
+        assert_eq!(a.text("f.txt").unwrap(), "0\nBOB");
+        receive_all(&mut b, &[frames, more].concat());
+        assert_eq!(b.text("f.txt").unwrap(), "0\nBOB");
+        // Redo both; bob's replica follows.
+        let (done, frames) = a.undo("f.txt", History::Redo, 5);
+        assert_eq!(done, 2);
+        receive_all(&mut b, &frames);
+        assert_eq!(a.text("f.txt").unwrap(), "ann2 0\nanBOBn1\n");
+        assert_eq!(b.text("f.txt").unwrap(), a.text("f.txt").unwrap());
+        // bob has nothing of his own in ann's edits to undo but his "BOB".
+        let (done, frames) = b.undo("f.txt", History::Undo, 5);
+        assert_eq!(done, 1);
+        receive_all(&mut a, &frames);
+        assert_eq!(a.text("f.txt").unwrap(), "ann2 0\nann1\n");
+        // A file not linked has no history.
+        assert_eq!(a.undo("other.txt", History::Undo, 1).0, 0);
     }
 
     #[test]

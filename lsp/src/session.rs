@@ -21,17 +21,25 @@ use tower_lsp::Client;
 use crate::config::{find_duet_toml, Invite, Settings};
 use crate::connection::{Connection, NetEvent};
 use crate::encoding::{self, PositionEncoding};
-use crate::ot::Operation;
-use crate::replica::Replica;
+use crate::ot::{Component, Operation};
+use crate::replica::{History, RemoteChange, Replica};
 use crate::shadow::Shadow;
 use crate::workspace::Workspace;
 
-pub const COMMANDS: [&str; 4] = [
+pub const COMMANDS: [&str; 6] = [
     "duet.createRoom",
     "duet.joinRoom",
     "duet.leaveRoom",
     "duet.status",
+    "duet.undo",
+    "duet.redo",
 ];
+
+/// How long the outbox waits for the editor's answer to a request of ours that only shows
+/// something (a progress token, a cursor position).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// At most this many undo or redo steps at once (`1000u` in Neovim).
+const MAX_UNDO_STEPS: u64 = 1000;
 
 /// How long an `applyEdit` may wait for the editor's answer before it counts as refused.
 const APPLY_EDIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,6 +102,9 @@ struct Document {
     /// An edit was rejected and nothing came from the editor since: when to send it again,
     /// unchecked (see [`Shadow::retry_after_rejection`]).
     retry_at: Option<Instant>,
+    /// Where the user's last undo or redo changed the room's text (UTF-16): the cursor goes
+    /// there once the editor has the change, unless the user types first.
+    undo_cursor: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +147,10 @@ pub struct Session {
     generation: u64,
     cursor_from_editor: bool,
     peer_diagnostics: HashSet<Url>,
+    /// The editor can be asked to show a document at a position (`window/showDocument`).
+    show_document: bool,
+    /// The document the user last typed in: the one `duet.undo` without arguments undoes in.
+    last_typed: Option<Url>,
     /// Our latest presence, not sent yet, and when the last one went out.
     presence: Option<Value>,
     presence_sent: Option<Instant>,
@@ -172,6 +187,8 @@ impl Session {
             cursor_from_editor: false,
             status_sent: None,
             peer_diagnostics: HashSet::new(),
+            show_document: false,
+            last_typed: None,
             presence: None,
             presence_sent: None,
             presence_tick: false,
@@ -259,6 +276,12 @@ impl Session {
             .and_then(|c| c.completion_item.as_ref())
             .and_then(|i| i.snippet_support)
             .unwrap_or(false);
+        self.show_document = params
+            .capabilities
+            .window
+            .as_ref()
+            .and_then(|w| w.show_document.as_ref())
+            .is_some_and(|s| s.support);
         self.helix = params
             .client_info
             .as_ref()
@@ -559,10 +582,17 @@ impl Session {
 
     /// Hands peers' changes to the documents they concern.
     fn remote_changed(&mut self) {
-        let Some(room) = self.room.as_mut() else {
+        if let Some(room) = self.room.as_mut() {
+            let changes = room.replica.take_remote_changes();
+            self.apply_remote_changes(changes);
+        }
+    }
+
+    /// Hands changes of the room's files (peers', or our undoing) to the open documents.
+    fn apply_remote_changes(&mut self, changes: Vec<RemoteChange>) {
+        let Some(room) = self.room.as_ref() else {
             return;
         };
-        let changes = room.replica.take_remote_changes();
         let mut touched: Vec<Url> = Vec::new();
         let mut broken: Vec<Url> = Vec::new();
         tracing::debug!(changes = changes.len(), "remote changes");
@@ -681,7 +711,13 @@ impl Session {
         }
         let edit = match doc.shadow.next_apply_edit() {
             Ok(Some(edit)) => edit,
-            Ok(None) => return,
+            Ok(None) => {
+                if let Some(at) = doc.undo_cursor.filter(|_| doc.shadow.is_settled()) {
+                    doc.undo_cursor = None;
+                    self.show_cursor(uri, at);
+                }
+                return;
+            }
             Err(e) => {
                 tracing::warn!(%uri, error = %e, "cannot compute the next edit; resyncing");
                 self.resync(uri);
@@ -738,6 +774,7 @@ impl Session {
                 linked: false,
                 hold_until: None,
                 retry_at: None,
+                undo_cursor: None,
             },
         );
         self.link(&item.uri);
@@ -769,6 +806,8 @@ impl Session {
                     }
                     if local.echoes == 0 && !local.splices.is_empty() {
                         typed_at = change_end(change).or(typed_at);
+                        doc.undo_cursor = None;
+                        self.last_typed = Some(uri.clone());
                     }
                     splices.extend(local.splices);
                 }
@@ -1092,6 +1131,8 @@ impl Session {
                 );
                 Ok(None)
             }
+            "duet.undo" => self.undo(&params.arguments, History::Undo),
+            "duet.redo" => self.undo(&params.arguments, History::Redo),
             "duet.status" => {
                 let mut status = self.status_value();
                 self.show(MessageType::INFO, format!("duet: {status}"));
@@ -1120,6 +1161,91 @@ impl Session {
             self.show(MessageType::ERROR, e.clone());
         }
         let _ = reply.send(result);
+    }
+
+    /// `duet.undo` / `duet.redo` `[uri?, count?]`: undoes (or redoes) the user's own last edits
+    /// in a document (by default the one they last typed in), as a change of the room that
+    /// reaches the editor like a peer's; the cursor then goes where it changed the text.
+    fn undo(&mut self, arguments: &[Value], history: History) -> Result<Option<Value>, String> {
+        let (word, key) = match history {
+            History::Undo => ("undo", "undone"),
+            History::Redo => ("redo", "redone"),
+        };
+        let uri = match arguments.first().and_then(Value::as_str) {
+            Some(uri) => {
+                Url::parse(uri).map_err(|e| format!("duet: {uri:?} is not a document URI: {e}"))?
+            }
+            None => self
+                .last_typed
+                .clone()
+                .ok_or_else(|| format!("duet: nothing typed yet, nothing to {word}"))?,
+        };
+        let steps = arguments
+            .get(1)
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .clamp(1, MAX_UNDO_STEPS) as usize;
+        let Some(room) = self.room.as_mut() else {
+            return Err(format!("duet: not in a room, nothing to {word}"));
+        };
+        let Some(path) = self
+            .docs
+            .get(&uri)
+            .filter(|d| d.linked)
+            .and_then(|d| d.path.clone())
+        else {
+            return Err(format!("duet: {uri} is not shared in the room"));
+        };
+        let (done, frames) = room.replica.undo(&path, history, steps);
+        for frame in frames {
+            room.connection.send(frame);
+        }
+        let changes = room.replica.take_remote_changes();
+        // The cursor goes where the last step's change begins (the same offset before and
+        // after it).
+        let at = changes
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == path)
+            .map(|(_, components)| match components.first() {
+                Some(Component::Retain(n)) => *n,
+                _ => 0,
+            });
+        if let Some(doc) = self.docs.get_mut(&uri) {
+            doc.undo_cursor = at;
+        }
+        self.apply_remote_changes(changes);
+        if done == 0 {
+            self.show(
+                MessageType::INFO,
+                format!("duet: nothing of yours to {word} in {path}"),
+            );
+        }
+        Ok(Some(json!({ key: done })))
+    }
+
+    /// Puts the editor's cursor at a UTF-16 offset of a settled document's text.
+    fn show_cursor(&self, uri: &Url, at: usize) {
+        let Some(doc) = self.docs.get(uri).filter(|_| self.show_document) else {
+            return;
+        };
+        let text = doc.shadow.text();
+        let (c, _) = encoding::utf16_to_char(text, at);
+        let (position, _) = encoding::char_to_position(text, c, self.encoding);
+        let params = ShowDocumentParams {
+            uri: uri.clone(),
+            external: Some(false),
+            take_focus: Some(true),
+            selection: Some(Range::new(position, position)),
+        };
+        self.post(move |client| async move {
+            // Later messages wait for this one: an editor that does not answer only keeps its
+            // cursor where it was.
+            let shown = tokio::time::timeout(ANSWER_TIMEOUT, client.show_document(params)).await;
+            if !matches!(shown, Ok(Ok(true))) {
+                tracing::debug!(?shown, "the editor did not show the undone change");
+            }
+        });
     }
 
     /// Creates a room over REST with the open files of the workspace, then joins it.
@@ -1244,7 +1370,7 @@ impl Session {
                     },
                 );
                 if !matches!(
-                    tokio::time::timeout(Duration::from_secs(2), create).await,
+                    tokio::time::timeout(ANSWER_TIMEOUT, create).await,
                     Ok(Ok(()))
                 ) {
                     return;

@@ -1,0 +1,189 @@
+//! Undo means "my own edits" (DESIGN.md): `duet.undo` / `duet.redo` undo and redo only the
+//! edits this editor's user made, as a change of the room that every peer receives, and put
+//! the cursor where the text changed. Through every kind of scripted editor, a real server and
+//! a stock Yjs peer.
+
+use std::time::Duration;
+
+use duet_e2e::editor::{converge, FakeEditor, Kind, WAIT};
+use duet_e2e::server::{Backend, Database, RoomRef, Server};
+use duet_e2e::yclient::YClient;
+use serde_json::{json, Value};
+
+const PATH: &str = "notes.txt";
+
+/// Longer than the bridge's undo grouping (500 ms): what is typed after it is a new step.
+const NEW_STEP: Duration = Duration::from_millis(700);
+
+async fn setup(initial: &str) -> (Database, Server, RoomRef) {
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    let room = server.create_room_with(&[(PATH, initial)]).await;
+    (db, server, room)
+}
+
+fn chars(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// Runs `duet.undo` or `duet.redo` for `PATH` in `ed` and returns how many steps it did.
+async fn history(ed: &FakeEditor, command: &str, steps: u64) -> u64 {
+    let result = ed
+        .execute_command(command, json!([ed.uri(PATH), steps]))
+        .await
+        .unwrap_or_else(|e| panic!("{command}: {e}\n{}", ed.report()));
+    let key = if command == "duet.undo" {
+        "undone"
+    } else {
+        "redone"
+    };
+    result[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{command} answered {result}"))
+}
+
+/// The `window/showDocument` selection the bridge sent after `mark`, as (line, character).
+async fn cursor_shown_after(ed: &FakeEditor, mark: usize) -> (u64, u64) {
+    let shown = ed
+        .wait_received_after(mark, "window/showDocument", WAIT, |m, _| {
+            m == "window/showDocument"
+        })
+        .await;
+    let start: &Value = &shown.params["selection"]["start"];
+    (
+        start["line"].as_u64().expect("line"),
+        start["character"].as_u64().expect("character"),
+    )
+}
+
+/// Two editors interleave bursts of typing; each undoes and redoes its own, several times:
+/// only its own text changes, everyone converges, and the cursor lands at the change.
+async fn interleaved_undo(a_kind: Kind, b_kind: Kind) {
+    let (_db, server, room) = setup("0\n").await;
+    let a = FakeEditor::joined(a_kind, "ann", &server, &room, PATH).await;
+    let b = FakeEditor::joined(b_kind, "bob", &server, &room, PATH).await;
+    let eds = [&a, &b];
+
+    a.type_text(PATH, 0, "a1 ").await;
+    converge(&server, &room, PATH, &eds, WAIT).await;
+    b.type_text(PATH, chars("a1 0"), " b1").await;
+    converge(&server, &room, PATH, &eds, WAIT).await;
+    tokio::time::sleep(NEW_STEP).await;
+    a.type_text(PATH, chars("a1 0 b1\n"), "a2\n").await;
+    converge(&server, &room, PATH, &eds, WAIT).await;
+    tokio::time::sleep(NEW_STEP).await;
+    b.type_text(PATH, 0, "b2 ").await;
+    let text = converge(&server, &room, PATH, &eds, WAIT).await;
+    assert_eq!(text, "b2 a1 0 b1\na2\n");
+
+    // ann's last step: her second line; the cursor goes to where it was.
+    let mark = a.mark();
+    assert_eq!(history(&a, "duet.undo", 1).await, 1);
+    let text = converge(&server, &room, PATH, &eds, WAIT).await;
+    assert_eq!(text, "b2 a1 0 b1\n", "only ann's last step is undone");
+    assert_eq!(cursor_shown_after(&a, mark).await, (1, 0));
+
+    // bob undoes his last step, then ann her first: bob's " b1" stays.
+    assert_eq!(history(&b, "duet.undo", 1).await, 1);
+    assert_eq!(history(&a, "duet.undo", 1).await, 1);
+    let text = converge(&server, &room, PATH, &eds, WAIT).await;
+    assert_eq!(text, "0 b1\n");
+    // Nothing of ann's is left to undo, and she is told so; the text stays.
+    assert_eq!(history(&a, "duet.undo", 1).await, 0);
+    a.wait_message("nothing to undo", WAIT, |p| {
+        p["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nothing of yours to undo"))
+    })
+    .await;
+
+    // Redo both of ann's steps at once, and bob's; then ann undoes two steps again.
+    assert_eq!(history(&a, "duet.redo", 5).await, 2);
+    assert_eq!(history(&b, "duet.redo", 1).await, 1);
+    let text = converge(&server, &room, PATH, &eds, WAIT).await;
+    assert_eq!(text, "b2 a1 0 b1\na2\n");
+    assert_eq!(history(&a, "duet.undo", 2).await, 2);
+    let text = converge(&server, &room, PATH, &eds, WAIT).await;
+    assert_eq!(text, "b2 0 b1\n");
+    // Typing clears ann's redo: there is nothing to redo after it.
+    a.type_text(PATH, chars("b2 0 b1\n"), "a3").await;
+    assert_eq!(history(&a, "duet.redo", 1).await, 0);
+    let text = converge(&server, &room, PATH, &eds, WAIT).await;
+    assert_eq!(text, "b2 0 b1\na3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vscode_undoes_only_its_own_edits_beside_neovim() {
+    interleaved_undo(Kind::VsCode, Kind::Neovim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helix_undoes_only_its_own_edits_beside_vscode() {
+    interleaved_undo(Kind::Helix, Kind::VsCode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neovim_undoes_only_its_own_edits_beside_helix() {
+    interleaved_undo(Kind::Neovim, Kind::Helix).await;
+}
+
+/// A peer typed inside the text ann is undoing: the peer's text stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undoing_text_a_peer_typed_into_keeps_the_peers_text() {
+    let (_db, server, room) = setup("x\n").await;
+    let a = FakeEditor::joined(Kind::VsCode, "ann", &server, &room, PATH).await;
+    let peer = YClient::join(&server.ws_url(&room)).await;
+    a.type_text(PATH, 0, "hello world ").await;
+    peer.wait_text(PATH, "hello world x\n", WAIT).await;
+    peer.insert(PATH, 5, ", dear");
+    a.wait_text(PATH, "hello, dear world x\n", WAIT).await;
+    // Without an argument: the document ann last typed in.
+    let result = a.execute_command("duet.undo", json!([])).await.unwrap();
+    assert_eq!(result["undone"], 1);
+    let text = converge(&server, &room, PATH, &[&a], WAIT).await;
+    assert_eq!(text, ", dearx\n");
+    peer.wait_text(PATH, &text, WAIT).await;
+}
+
+/// The undo history outlives a lost connection: after the server restarts and the bridge is
+/// back, ann's undo removes what she typed before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undo_works_after_a_reconnect() {
+    let (_db, mut server, room) = setup("x\n").await;
+    let a = FakeEditor::joined(Kind::Helix, "ann", &server, &room, PATH).await;
+    a.type_text(PATH, 1, " typed before").await;
+    converge(&server, &room, PATH, &[&a], WAIT).await;
+    server.kill9();
+    a.wait_status(&["offline"], WAIT).await;
+    server.restart().await;
+    a.wait_connected(WAIT).await;
+    assert_eq!(history(&a, "duet.undo", 1).await, 1);
+    let text = converge(&server, &room, PATH, &[&a], WAIT).await;
+    assert_eq!(text, "x\n");
+    assert_eq!(history(&a, "duet.redo", 1).await, 1);
+    let text = converge(&server, &room, PATH, &[&a], WAIT).await;
+    assert_eq!(text, "x typed before\n");
+}
+
+/// Bad arguments get clear errors and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undo_outside_a_shared_document_is_a_clear_error() {
+    let (_db, server, room) = setup("x\n").await;
+    let a = FakeEditor::joined(Kind::VsCode, "ann", &server, &room, PATH).await;
+    let error = a
+        .execute_command("duet.undo", json!([]))
+        .await
+        .expect_err("nothing typed yet");
+    assert!(error.to_string().contains("nothing typed yet"), "{error}");
+    let error = a
+        .execute_command("duet.undo", json!(["not a uri"]))
+        .await
+        .expect_err("not a URI");
+    assert!(error.to_string().contains("not a document URI"), "{error}");
+    let error = a
+        .execute_command("duet.redo", json!([a.uri("elsewhere.txt")]))
+        .await
+        .expect_err("not open");
+    assert!(error.to_string().contains("not shared"), "{error}");
+    assert_eq!(server.file(&room, PATH).await.as_deref(), Some("x\n"));
+}
