@@ -43,8 +43,6 @@ const MAX_UNDO_STEPS: u64 = 1000;
 
 /// How long an `applyEdit` may wait for the editor's answer before it counts as refused.
 const APPLY_EDIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long remote edits are held for a Helix document after a completion request.
-const COMPLETION_HOLD: Duration = Duration::from_secs(3);
 /// How long after a rejection that no `didChange` explained an edit is sent again, unchecked:
 /// long enough for a completion preview's own `didChange` (if the user accepts) to come first.
 const REJECTION_RETRY: Duration = Duration::from_secs(1);
@@ -97,8 +95,6 @@ struct Document {
     language: String,
     shadow: Shadow,
     linked: bool,
-    /// Remote edits are held back until then (Helix's completion preview, see DESIGN.md).
-    hold_until: Option<Instant>,
     /// An edit was rejected and nothing came from the editor since: when to send it again,
     /// unchecked (see [`Shadow::retry_after_rejection`]).
     retry_at: Option<Instant>,
@@ -695,13 +691,6 @@ impl Session {
         let Some(doc) = self.docs.get_mut(uri) else {
             return;
         };
-        // Held: the tick scheduled with the hold looks again when it ends.
-        if let Some(until) = doc.hold_until {
-            if Instant::now() < until {
-                return;
-            }
-            doc.hold_until = None;
-        }
         if let Some(at) = doc.retry_at {
             if Instant::now() < at {
                 return;
@@ -772,7 +761,6 @@ impl Session {
                 language: item.language_id,
                 shadow: Shadow::new(&item.text, item.version, self.encoding),
                 linked: false,
-                hold_until: None,
                 retry_at: None,
                 undo_cursor: None,
             },
@@ -787,7 +775,6 @@ impl Session {
             tracing::warn!(%uri, "didChange for a document that is not open");
             return;
         };
-        doc.hold_until = None;
         doc.retry_at = None;
         // One change at a time, so that the identifier index can follow each in O(line): the
         // shadow processes a notification's changes one by one anyway.
@@ -1008,12 +995,9 @@ impl Session {
         self.refresh_identifiers();
         let doc = self.docs.get_mut(&uri)?;
         if self.helix {
-            // Helix restores the text it saved at this request when the user previews an item:
-            // a peer's edit applied meanwhile would vanish and its deletion come back as the
-            // user's. Hold peers' edits until the user's next change.
-            let until = Instant::now() + COMPLETION_HOLD;
-            doc.hold_until = Some(until);
-            tick_at(&self.events, until);
+            // Helix saves the text now, to restore it when the user previews an item: see
+            // `Shadow::completion_requested`.
+            doc.shadow.completion_requested();
         }
         let text = doc.shadow.text();
         let (cursor, _) = encoding::position_to_char(text, position, self.encoding);

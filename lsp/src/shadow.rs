@@ -234,6 +234,9 @@ pub struct Shadow {
     blocked_by_rejection: bool,
     /// The next edit goes out unchecked (see [`Shadow::retry_after_rejection`]).
     unchecked_retry: bool,
+    /// The text when the editor last asked for completions (Helix: see
+    /// [`Shadow::completion_requested`]); until its next `didChange`.
+    completion_base: Option<Rope>,
     /// The editor shows one line break more at the end than the document has: Neovim keeps a
     /// buffer's final line break outside its lines ('eol') and adds one when text is appended
     /// after the last line. That break belongs to the editor's file format, not to the text:
@@ -258,6 +261,7 @@ impl Shadow {
             blocked_by_rejection: false,
             unchecked_retry: false,
             implicit_final_newline: false,
+            completion_base: None,
         }
     }
 
@@ -315,7 +319,25 @@ impl Shadow {
             let (op, clamped, implicit_final_newline) = self.change_to_op(change)?;
             self.implicit_final_newline = implicit_final_newline;
             out.clamped |= clamped.is_yes();
-            self.process_change(op, &mut out)?;
+            // Our edits' echoes leave the text saved for a completion as it was.
+            let restored = self.completion_base.as_ref().filter(|base| {
+                version > self.version + 1
+                    && **base != self.shadow
+                    && undoes_since(base, &self.shadow, &op)
+            });
+            match restored.cloned() {
+                Some(base) => {
+                    self.completion_base = None;
+                    self.editor_restored(&base, op, &mut out)?;
+                }
+                None => {
+                    let echoes = out.echoes;
+                    self.process_change(op, &mut out)?;
+                    if out.echoes == echoes {
+                        self.completion_base = None;
+                    }
+                }
+            }
         }
         if version < self.version {
             tracing::warn!(
@@ -328,6 +350,17 @@ impl Shadow {
         self.blocked_by_rejection = false;
         self.unchecked_retry = false;
         Ok(out)
+    }
+
+    /// Helix asked for completions: it saves its text now and restores it, without a
+    /// `didChange`, when the user previews an item (the version moves on, unsent). Peers' edits
+    /// applied meanwhile vanish from the editor, and the `didChange` that accepts the item
+    /// deletes them along with inserting it. The next `didChange` tells: a version that jumped
+    /// and a change that spans what was applied since mean the editor went back to this text;
+    /// the peers' edits are then sent again, and only the user's completion goes to the CRDT.
+    /// However long the menu stays open.
+    pub fn completion_requested(&mut self) {
+        self.completion_base = Some(self.shadow.clone());
     }
 
     /// Someone else's edit reached the CRDT: `op` applies to [`Shadow::crdt_text`], in chars.
@@ -543,6 +576,24 @@ impl Shadow {
         self.local_edit(op, actual, out)
     }
 
+    /// The editor went back to `base` without telling (Helix's completion preview) and then
+    /// reported `op` on the text we knew: the edits applied since `base` are the editor's to
+    /// receive again, and the user's own change is only what turns `base` into its text now.
+    fn editor_restored(
+        &mut self,
+        base: &Rope,
+        op: Operation,
+        out: &mut LocalEdits,
+    ) -> Result<(), ShadowError> {
+        let actual = op.apply(&self.shadow)?;
+        self.void_in_flight()?;
+        let since = Operation::diff(base, &self.shadow);
+        self.pending = since.compose(&self.pending)?;
+        self.shadow = base.clone();
+        let user = Operation::diff(base, &actual);
+        self.local_edit(user, actual, out)
+    }
+
     /// After an echo in the editor's form `echo`: for any but the exact one, the editor's form
     /// wins, as an edit of its own from the expected text (now the shadow) to what it reported
     /// (`actual`, without an added final line break). Re-sending ours would only be normalised
@@ -716,6 +767,20 @@ fn change_op(
             Clamped::No,
         ),
     })
+}
+
+/// Whether `op` (on `now`) spans everything that changed from `base` to `now`: what a change
+/// made after going back to `base` must do.
+fn undoes_since(base: &Rope, now: &Rope, op: &Operation) -> bool {
+    let since = Operation::diff(base, now).edits();
+    let change = op.edits();
+    match (since.first(), change.first(), change.last()) {
+        (Some(s), Some(first), Some(last)) => {
+            // `since` is one edit on `base`; on `now` it spans [start, start + inserted).
+            first.start <= s.start && last.end >= s.start + s.inserted_chars()
+        }
+        _ => false,
+    }
 }
 
 /// One form in which an editor may echo our edit.

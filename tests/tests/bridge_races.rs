@@ -208,11 +208,13 @@ async fn helix_stale_apply_edit_is_rejected_and_resent() {
     assert!(ed.stats().rejected >= 1, "{:?}", ed.stats());
 }
 
-/// Helix's completion preview: completion requested, a peer's edit arrives, the user accepts —
-/// Helix restores its saved state (the peer's edit vanishes, no didChange) and sends ONE change
-/// that deletes the peer's text and inserts the completion. The peer's text must survive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn helix_completion_preview_revert_keeps_peer_text() {
+/// Helix's completion preview: completion requested, a peer's edit arrives (and is applied in
+/// Helix while the menu is open), the menu stays open `open_for`, the user accepts — Helix
+/// restores its saved state (the peer's edit vanishes, no didChange) and sends ONE change that
+/// deletes the peer's text and inserts the completion. The peer's text must survive, however
+/// long the menu stayed open (a 3 s hold used to decide it: picked after 4 s, the peer's text
+/// was deleted for everyone).
+async fn helix_completion_keeps_peer_text(open_for: Duration) {
     let initial = "import sys\n\nx = 1\n";
     let (_db, server, room, peer) = setup(initial).await;
     let ed = FakeEditor::joined(Kind::Helix, "hx", &server, &room, PATH).await;
@@ -221,29 +223,50 @@ async fn helix_completion_preview_revert_keeps_peer_text() {
     wait_server_file(&server, &room, PATH, &typed, WAIT, &[&ed]).await;
 
     let end = chars(&typed);
+    let with_note = typed.replacen("sys", "sys, os  # peer", 1);
     let during = async {
-        peer.insert(PATH, 0, "# peer note\n");
-        wait_server_file(
-            &server,
-            &room,
-            PATH,
-            &format!("# peer note\n{typed}"),
-            WAIT,
-            &[&ed],
-        )
-        .await;
-        // Time for the bridge to send the peer's edit to Helix, if it does during a completion.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        peer.insert(PATH, 10, ", os  # peer");
+        ed.wait_text(PATH, &with_note, WAIT).await;
+        tokio::time::sleep(open_for).await;
     };
     ed.helix_completion_preview_revert(PATH, end, (end - 3, end), "import os", during)
         .await;
-    let expected = format!("# peer note\n{initial}import os");
+    let expected = format!("{}import os", &with_note[..with_note.len() - 3]);
     let text = converge(&server, &room, PATH, &[&ed], WAIT).await;
     assert_eq!(
         text, expected,
-        "the peer's note must survive the completion"
+        "the peer's edit must survive the completion"
     );
     peer.wait_text(PATH, &expected, WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helix_completion_preview_revert_keeps_peer_text() {
+    helix_completion_keeps_peer_text(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helix_completion_picked_after_four_seconds_keeps_peer_text() {
+    helix_completion_keeps_peer_text(Duration::from_secs(4)).await;
+}
+
+/// Helix's version jumps without a revert behind it (a change that does not span the peer's
+/// edit) and a completion accepted with no peer edit in between are ordinary typing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helix_completion_without_a_revert_is_ordinary_typing() {
+    let (_db, server, room, peer) = setup("ab\n").await;
+    let ed = FakeEditor::joined(Kind::Helix, "hx", &server, &room, PATH).await;
+    ed.completion(PATH, 2).await;
+    peer.insert(PATH, 0, "P");
+    ed.wait_text(PATH, "Pab\n", WAIT).await;
+    ed.helix_skip_versions(PATH, 2);
+    ed.insert(PATH, 3, "c");
+    let text = converge(&server, &room, PATH, &[&ed], WAIT).await;
+    assert_eq!(text, "Pabc\n");
+    ed.helix_completion_preview_revert(PATH, 4, (2, 4), "bcd", async {})
+        .await;
+    let text = converge(&server, &room, PATH, &[&ed], WAIT).await;
+    assert_eq!(text, "Pabcd\n");
 }
 
 /// Several cursors: one `didChange` with several changes (Helix lists them top-down in
