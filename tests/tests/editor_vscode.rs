@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use duet_e2e::jsonlines::JsonLines;
-use duet_e2e::server::{Backend, Database, Server, TempDir};
+use duet_e2e::nvim::Nvims;
+use duet_e2e::server::{Backend, Database, RoomRef, Server, TempDir};
 use duet_e2e::yclient::YClient;
 use duet_e2e::{binary, eventually, workspace};
 use serde_json::{json, Value};
@@ -79,17 +80,38 @@ fn vsix() -> PathBuf {
 }
 
 /// `tests/vscode/driver.mjs`: one code-server and one Chromium page. Everything it started is
-/// killed when this drops (the driver itself, and code-server's and Chromium's process groups).
+/// killed when this drops (the driver itself, and code-server's and Chromium's process groups),
+/// and then its scratch folder (the workspace, VS Code's data, the logs) is removed.
 struct VsCode {
     process: JsonLines,
     groups: Arc<Mutex<Vec<u32>>>,
     state_file: PathBuf,
     scratch: PathBuf,
+    _dir: TempDir,
 }
 
 impl VsCode {
-    /// Starts the driver and waits (bounded) until VS Code shows `main.py` with the extension up.
-    async fn start(workspace_dir: &Path, scratch: &Path) -> (VsCode, Value) {
+    /// Starts VS Code on a workspace of its own holding `files`, with the extension's
+    /// `settings` (plus this build's bridge as `duet.path`, and the LSP traffic in VS Code's
+    /// logs, kept when a test fails), and waits (bounded) until it shows `main.py` with the
+    /// extension up.
+    async fn start(label: &str, files: &[(&str, &str)], settings: Value) -> (VsCode, Value) {
+        let dir = TempDir::new(label);
+        let workspace_dir = dir.0.join("ws");
+        std::fs::create_dir_all(workspace_dir.join(".vscode")).expect("workspace");
+        for (file, text) in files {
+            std::fs::write(workspace_dir.join(file), text).expect("workspace file");
+        }
+        let mut settings = settings;
+        settings["duet.path"] = json!(binary("duet-lsp"));
+        settings["duet.trace.server"] = json!("verbose");
+        std::fs::write(
+            workspace_dir.join(".vscode/settings.json"),
+            serde_json::to_string_pretty(&settings).expect("json"),
+        )
+        .expect("settings");
+        let scratch = dir.0.join("code");
+        std::fs::create_dir_all(&scratch).expect("scratch");
         let code_server = code_server_dir();
         assert!(
             code_server.join(".duet-installed").exists(),
@@ -111,9 +133,9 @@ impl VsCode {
             .arg("--vsix")
             .arg(&vsix)
             .arg("--workspace")
-            .arg(workspace_dir)
+            .arg(&workspace_dir)
             .arg("--scratch")
-            .arg(scratch)
+            .arg(&scratch)
             .arg("--timeout-ms")
             .arg("100000")
             .env("DUET_LOG", "debug")
@@ -141,7 +163,8 @@ impl VsCode {
             process,
             groups,
             state_file: scratch.join("duet-state.json"),
-            scratch: scratch.to_path_buf(),
+            scratch,
+            _dir: dir,
         };
         let ready = tokio::time::timeout(Duration::from_secs(45), vscode.process.events.recv())
             .await
@@ -305,6 +328,87 @@ fn utf16_len(s: &str) -> u32 {
     s.encode_utf16().count() as u32
 }
 
+/// A Neovim with the plugin (`editors/neovim`), its own bridge and its own copy of `files`,
+/// in the room of `invite`, with every file loaded and shared, and the first one shown.
+async fn neovim_peer(name: &str, dir: &Path, files: &[(&str, &str)], invite: &str) -> Nvims {
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text).expect("Neovim's workspace file");
+    }
+    let mut nv = Nvims::spawn().await;
+    let paths: Vec<&str> = files.iter().map(|(file, _)| *file).collect();
+    nv.start(
+        name,
+        dir,
+        &paths,
+        json!({"name": name, "color": "#98c379", "invite": invite}),
+    )
+    .await;
+    nv.wait_for(
+        name,
+        "the Neovim to be connected to the room",
+        "return require('duet').state.status",
+        json!([]),
+        WAIT,
+        |s| s["state"] == "connected",
+    )
+    .await;
+    nv.lua(
+        name,
+        "local files = ...
+         for i = #files, 1, -1 do vim.cmd('silent edit ' .. vim.fn.fnameescape(files[i])) end",
+        json!([paths]),
+    )
+    .await;
+    for (file, text) in files {
+        let lines = text.strip_suffix('\n').unwrap_or(text).to_string();
+        nv.wait_for(
+            name,
+            &format!("{file} loaded"),
+            NVIM_LINES,
+            json!([file]),
+            WAIT,
+            move |v| v.as_str() == Some(&lines),
+        )
+        .await;
+    }
+    nv
+}
+
+/// Neovim's buffer of `file`, its lines joined: what its user sees.
+const NVIM_LINES: &str = "local b = vim.fn.bufnr(...)
+    return table.concat(vim.api.nvim_buf_get_lines(b, 0, -1, true), '\\n')";
+
+/// Waits until VS Code's active document, the Neovim's buffer and the server's copy of `file`
+/// all read `expected`.
+async fn converge(
+    vscode: &VsCode,
+    nv: &mut Nvims,
+    name: &str,
+    (server, room): (&Server, &RoomRef),
+    file: &str,
+    expected: &str,
+) {
+    // Neovim may show one final line break fewer than the text has (its 'eol'), or as many.
+    let lines = [expected, expected.strip_suffix('\n').unwrap_or(expected)];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ours = vscode.text().unwrap_or_default();
+        let theirs = nv.lua(name, NVIM_LINES, json!([file])).await;
+        let stored = server.file(room, file).await.unwrap_or_default();
+        if ours == expected && lines.iter().any(|l| theirs == *l) && stored == expected {
+            return;
+        }
+        if Instant::now() > deadline {
+            vscode.fail(&format!(
+                "{file}: no convergence on {expected:?} within {WAIT:?}:\n\
+                 VS Code: {ours:?}\nNeovim (lines): {theirs}\nserver:  {stored:?}\n{}",
+                nv.report()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vscode_types_while_a_peer_edits_the_same_file() {
     let started = Instant::now();
@@ -322,28 +426,9 @@ async fn vscode_types_while_a_peer_edits_the_same_file() {
     };
     peer.set_presence(presence(4, 9));
 
-    // VS Code's workspace: the file, and the extension's settings (bridge, invite, who we are).
-    let scratch = TempDir::new("vscode");
-    let ws = scratch.0.join("ws");
-    std::fs::create_dir_all(ws.join(".vscode")).expect("workspace");
-    std::fs::write(ws.join("main.py"), initial).expect("main.py");
-    let settings = json!({
-        "duet.path": binary("duet-lsp"),
-        "duet.invite": invite,
-        "duet.name": "vera",
-        "duet.color": "#61afef",
-        // The LSP traffic, in VS Code's logs (kept when the test fails).
-        "duet.trace.server": "verbose",
-    });
-    std::fs::write(
-        ws.join(".vscode/settings.json"),
-        serde_json::to_string_pretty(&settings).expect("json"),
-    )
-    .expect("settings");
-    let code_scratch = scratch.0.join("code");
-    std::fs::create_dir_all(&code_scratch).expect("scratch");
-
-    let (mut vscode, ready) = VsCode::start(&ws, &code_scratch).await;
+    // VS Code's workspace: the file, and the extension's settings (invite, who we are).
+    let settings = json!({"duet.invite": invite, "duet.name": "vera", "duet.color": "#61afef"});
+    let (mut vscode, ready) = VsCode::start("vscode", &[("main.py", initial)], settings).await;
     let startup = started.elapsed();
     eprintln!("VS Code ready after {startup:?}: {}", ready["timings"]);
 
@@ -619,24 +704,11 @@ async fn vscode_says_what_went_wrong_and_keeps_the_typing() {
 
     // The workspace's invite is malformed: its room id is not a UUID.
     let initial = "print(\"start\")\n";
-    let scratch = TempDir::new("vscode-errors");
-    let ws = scratch.0.join("ws");
-    std::fs::create_dir_all(ws.join(".vscode")).expect("workspace");
-    std::fs::write(ws.join("main.py"), initial).expect("main.py");
     let settings = json!({
-        "duet.path": binary("duet-lsp"),
         "duet.invite": "ws://127.0.0.1:1/ws/not-a-uuid?token=x",
         "duet.name": "vera",
-        "duet.trace.server": "verbose",
     });
-    std::fs::write(
-        ws.join(".vscode/settings.json"),
-        serde_json::to_string_pretty(&settings).expect("json"),
-    )
-    .expect("settings");
-    let code_scratch = scratch.0.join("code");
-    std::fs::create_dir_all(&code_scratch).expect("scratch");
-    let (mut vscode, _) = VsCode::start(&ws, &code_scratch).await;
+    let (mut vscode, _) = VsCode::start("vscode-errors", &[("main.py", initial)], settings).await;
 
     // 1. The bad invite: said, about the invite; the bridge runs, in no room.
     let bad_invite = vscode
@@ -724,4 +796,222 @@ async fn vscode_says_what_went_wrong_and_keeps_the_typing() {
 
     vscode.quit().await;
     eprintln!("VS Code error test done in {:?}", started.elapsed());
+}
+
+/// Presses `key` in VS Code, waits for everyone to read `expected` in `main.py`, and for VS Code's
+/// cursor to be at the start of `line`, where the change was.
+async fn press_and_converge(
+    vscode: &mut VsCode,
+    nv: &mut Nvims,
+    at: (&Server, &RoomRef),
+    key: &str,
+    expected: &str,
+    line: u32,
+) {
+    vscode.call(json!({"cmd": "press", "key": key})).await;
+    converge(vscode, nv, "nvim", at, "main.py", expected).await;
+    let cursor = json!({"line": line, "character": 0});
+    vscode
+        .wait_state(
+            &format!("VS Code's cursor at {cursor} after {key}"),
+            WAIT,
+            |s| s["active"]["selection"] == json!({"anchor": cursor, "active": cursor}),
+        )
+        .await;
+}
+
+/// How long a user pauses between two edits that are two undo steps: longer than the burst of
+/// typing the bridge takes for one step (~500 ms).
+const BETWEEN_STEPS: Duration = Duration::from_millis(1200);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vscode_undo_and_redo_only_its_own_edits() {
+    let started = Instant::now();
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    let initial = "x = 1\n";
+    let room = server.create_room_with(&[("main.py", initial)]).await;
+    let invite = server.ws_url(&room);
+    let at = (&server, &room);
+
+    let settings = json!({"duet.invite": invite, "duet.name": "vera", "duet.color": "#61afef"});
+    let (mut vscode, _) = VsCode::start("vscode-undo", &[("main.py", initial)], settings).await;
+    let nv_dir = TempDir::new("vscode-undo-nvim");
+    let mut nv = neovim_peer("nvim", &nv_dir.0, &[("main.py", initial)], &invite).await;
+    vscode
+        .wait_state(
+            "VS Code in the room, with the undo keys routed to duet",
+            WAIT,
+            |s| s["status"]["state"] == "connected" && s["sharedDocument"] == true,
+        )
+        .await;
+
+    // VS Code and Neovim take turns, each of VS Code's edits an undo step of its own. Neovim
+    // types into the line VS Code wrote last.
+    vscode
+        .call(json!({"cmd": "type", "text": "a = 1\n", "delayMs": 20}))
+        .await;
+    converge(&vscode, &mut nv, "nvim", at, "main.py", "x = 1\na = 1\n").await;
+    tokio::time::sleep(BETWEEN_STEPS).await;
+    nv.input("nvim", "ggO# nv 1<Esc>").await;
+    converge(
+        &vscode,
+        &mut nv,
+        "nvim",
+        at,
+        "main.py",
+        "# nv 1\nx = 1\na = 1\n",
+    )
+    .await;
+    vscode
+        .call(json!({"cmd": "type", "text": "b = 2\n", "delayMs": 20}))
+        .await;
+    converge(
+        &vscode,
+        &mut nv,
+        "nvim",
+        at,
+        "main.py",
+        "# nv 1\nx = 1\na = 1\nb = 2\n",
+    )
+    .await;
+    tokio::time::sleep(BETWEEN_STEPS).await;
+    nv.input("nvim", "4GA  # nv 2<Esc>").await;
+    let all = "# nv 1\nx = 1\na = 1\nb = 2  # nv 2\n";
+    converge(&vscode, &mut nv, "nvim", at, "main.py", all).await;
+
+    // Each undo takes back one of VS Code's steps, newest first, for everyone; Neovim's text
+    // stays, even its comment typed into VS Code's line. The cursor goes to the change.
+    let one_undone = "# nv 1\nx = 1\na = 1\n  # nv 2";
+    let both_undone = "# nv 1\nx = 1\n  # nv 2";
+    for (key, expected, line) in [("Control+z", one_undone, 3), ("Control+z", both_undone, 2)] {
+        press_and_converge(&mut vscode, &mut nv, at, key, expected, line).await;
+    }
+    // Nothing of VS Code's is left to undo: said in the status bar, and nothing changes.
+    vscode
+        .call(json!({"cmd": "press", "key": "Control+z"}))
+        .await;
+    let said = "duet: nothing of yours to undo in main.py";
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let dom = vscode.call(json!({"cmd": "dom"})).await;
+        if dom["statusBar"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|i| i == said))
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            vscode.fail(&format!("no {said:?} in the status bar: {dom}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    converge(&vscode, &mut nv, "nvim", at, "main.py", both_undone).await;
+    // Redo, with both of VS Code's redo keys: VS Code's lines come back where they were.
+    for (key, expected, line) in [("Control+Shift+z", one_undone, 2), ("Control+y", all, 3)] {
+        press_and_converge(&mut vscode, &mut nv, at, key, expected, line).await;
+    }
+
+    nv.quit().await;
+    vscode.quit().await;
+    eprintln!("VS Code undo test done in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vscode_types_on_the_last_line_beside_a_neovim() {
+    let started = Instant::now();
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    // Files ending with a line break, and with two: VS Code's cursor is on the empty last line.
+    let files = [("main.py", "x = 1\n"), ("two.py", "y = 2\n\n")];
+    let room = server.create_room_with(&files).await;
+    let invite = server.ws_url(&room);
+
+    let settings = json!({"duet.invite": invite, "duet.name": "vera"});
+    let (mut vscode, _) = VsCode::start("vscode-eof", &files, settings).await;
+    let nv_dir = TempDir::new("vscode-eof-nvim");
+    let mut nv = neovim_peer("nvim", &nv_dir.0, &files, &invite).await;
+    vscode
+        .wait_state("VS Code in the room", WAIT, |s| {
+            s["status"]["state"] == "connected"
+        })
+        .await;
+
+    // Typed at a person's pace: everyone ends with the keys on one line.
+    for (file, text) in files {
+        if file != "main.py" {
+            vscode.call(json!({"cmd": "open", "file": file})).await;
+        }
+        vscode
+            .call(json!({"cmd": "type", "text": "abc", "delayMs": 150}))
+            .await;
+        let expected = format!("{text}abc");
+        converge(&vscode, &mut nv, "nvim", (&server, &room), file, &expected).await;
+    }
+
+    nv.quit().await;
+    vscode.quit().await;
+    eprintln!("VS Code end-of-file test done in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vscode_keeps_its_room_when_a_join_fails() {
+    let started = Instant::now();
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    let initial = "x = 1\n";
+    let room = server.create_room_with(&[("main.py", initial)]).await;
+    let other = server.create_room_with(&[]).await;
+    let peer = YClient::join(&server.ws_url(&room)).await;
+
+    let settings = json!({"duet.invite": server.ws_url(&room), "duet.name": "vera"});
+    let (mut vscode, _) = VsCode::start("vscode-rejoin", &[("main.py", initial)], settings).await;
+    let short = &room.id[..8];
+    let in_room = format!("duet {short} · connected · 1 peer");
+    vscode
+        .wait_state("VS Code in the room with the peer", WAIT, |s| {
+            s["statusBarText"]
+                .as_str()
+                .is_some_and(|t| t.ends_with(&in_room))
+        })
+        .await;
+
+    // Another room, with a wrong token: refused, and said so, naming the room VS Code is still in.
+    let wrong = format!("{}/{}?token=not-the-token", server.ws_base(), other.id);
+    vscode
+        .call(json!({"cmd": "palette", "command": "duet: Join a room", "input": wrong}))
+        .await;
+    let refused = vscode
+        .wait_notification(&["cannot join", "token", "you are still in room", short])
+        .await;
+    let state = vscode.state();
+    assert!(
+        state["statusBarText"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(&in_room)),
+        "the status bar still shows the room: {state:#}"
+    );
+    assert_eq!(state["status"]["room"], room.id.as_str(), "{state:#}");
+
+    // Typing still reaches the room.
+    vscode
+        .call(json!({"cmd": "type", "text": "y = 2\n", "delayMs": 20}))
+        .await;
+    let expected = "x = 1\ny = 2\n";
+    peer.wait_text("main.py", expected, WAIT).await;
+    eventually(WAIT, "the server to have the typing", || async {
+        (server.file(&room, "main.py").await.as_deref() == Some(expected)).then_some(())
+    })
+    .await;
+    let state = vscode.state();
+    assert!(
+        state["statusBarText"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(&in_room)),
+        "the status bar still shows the room: {state:#}"
+    );
+    eprintln!("notification: {refused:?}");
+
+    vscode.quit().await;
+    eprintln!("VS Code failed-join test done in {:?}", started.elapsed());
 }

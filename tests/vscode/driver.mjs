@@ -13,6 +13,7 @@
 // Then JSON-line commands on stdin, each answered on stdout with its id and "ok":
 //   {"cmd":"type","text":"...","delayMs":30}   page.keyboard.type (one key event per character)
 //   {"cmd":"press","key":"Control+End"}         page.keyboard.press
+//   {"cmd":"open","file":"other.py"}            opens a file of the workspace, cursor at its end
 //   {"cmd":"palette","command":"duet: Follow a peer","pick":"ann"}
 //                                               runs a command from the palette, picks an item
 //   {"cmd":"palette","command":"duet: Join a room","input":"ws://…"}
@@ -239,19 +240,23 @@ async function start() {
   await poll('the duet extension to activate (no state in $DUET_TEST_STATE_FILE)', 20000, () => readState()?.activated);
   mark('extensionActivated');
 
-  // Open the file (quick open), then put the cursor at its end.
-  await poll(`${openFile} to open`, 15000, async () => {
+  await open(openFile);
+  mark('fileOpen');
+  emit({ event: 'ready', stateFile, port, timings, state: readState() });
+}
+
+/** Opens `file` of the workspace (quick open), clicks into it and puts the cursor at its end. */
+async function open(file) {
+  await poll(`${file} to open`, 15000, async () => {
     await page.keyboard.press('Control+P');
     await page.waitForSelector('.quick-input-widget input', { state: 'visible', timeout: 5000 });
-    await page.keyboard.type(openFile);
+    await page.keyboard.type(file);
     await page.waitForSelector('.quick-input-list .monaco-list-row', { timeout: 5000 });
     await page.keyboard.press('Enter');
-    return poll('the editor', 3000, () => readState()?.active?.path?.endsWith(`/${openFile}`)).catch(() => false);
+    return poll('the editor', 3000, () => readState()?.active?.path?.endsWith(`/${file}`)).catch(() => false);
   }, 200);
   await page.click('.editor-instance .monaco-editor .view-lines');
   await page.keyboard.press('Control+End');
-  mark('fileOpen');
-  emit({ event: 'ready', stateFile, port, timings, state: readState() });
 }
 
 async function handle(command) {
@@ -261,6 +266,9 @@ async function handle(command) {
       return {};
     case 'press':
       await page.keyboard.press(command.key);
+      return {};
+    case 'open':
+      await open(command.file);
       return {};
     case 'palette': {
       // Runs a command by its title from the command palette; with `pick`, then chooses the item

@@ -1,7 +1,9 @@
 // duet for VS Code: starts the `duet-lsp` bridge as a language server for the workspace's files,
 // and shows what the bridge tells about the room: a status-bar item, the peers' cursors and
 // selections, follow mode. Edits themselves need nothing here: the bridge sends the peers' edits
-// as `workspace/applyEdit` and hears ours from `didChange`, like any language server.
+// as `workspace/applyEdit` and hears ours from `didChange`, like any language server. Undo does:
+// VS Code's own undo stack holds the peers' edits too, so in shared documents the undo and redo
+// keys go to the bridge, which undoes the user's own edits only.
 
 import * as fs from 'fs';
 import * as os from 'os';
@@ -48,7 +50,15 @@ interface Message {
 }
 
 const BRIDGE = 'duet-lsp';
+/** The context key the undo and redo keybindings depend on: the active editor's document is shared. */
+const SHARED_DOCUMENT = 'duet.sharedDocument';
 const CURSOR_INTERVAL_MS = 50;
+/**
+ * Bridge messages shown for a while in the status bar instead of popping up: the answer to an
+ * undo key pressed once more than there was to undo (VS Code's own undo says nothing then).
+ */
+const STATUS_BAR_MESSAGES = ['duet: nothing of yours to '];
+const STATUS_BAR_MESSAGE_MS = 5000;
 const DEFAULT_COLOR = '#888888';
 
 let extension: Duet | undefined;
@@ -69,7 +79,10 @@ class Duet {
   private bridgeError: string | undefined;
   private status: Status = { state: 'idle' };
   private peers: Peer[] = [];
-  private invite: string | undefined;
+  /** The documents the language client syncs with the bridge (`duet.files`). */
+  private selector: vscode.DocumentFilter[] = [];
+  /** The value last given to the `duet.sharedDocument` context key. */
+  private sharedDocument = false;
   private following: number | undefined;
   private followedUri: string | undefined;
   private readonly messages: Message[] = [];
@@ -105,6 +118,8 @@ class Duet {
     command('duet.copyInvite', () => this.copyInvite());
     command('duet.showPeers', () => this.showPeers());
     command('duet.followPeer', (who?: number | string) => this.followPeer(who));
+    command('duet.undo', () => this.undo('undo'));
+    command('duet.redo', () => this.undo('redo'));
     command('duet.status', () => this.showStatus());
     command('duet.restart', () => this.restart());
     command('duet._testState', () => this.testState());
@@ -114,6 +129,7 @@ class Duet {
       this.statusItem,
       vscode.window.onDidChangeTextEditorSelection((e) => this.selectionChanged(e)),
       vscode.window.onDidChangeVisibleTextEditors(() => this.decorate()),
+      vscode.window.onDidChangeActiveTextEditor(() => this.render()),
       vscode.workspace.onDidChangeConfiguration((e) => {
         if (['path', 'server', 'name', 'color', 'invite', 'files'].some((k) => e.affectsConfiguration(`duet.${k}`))) {
           this.log('settings changed: restarting the bridge');
@@ -159,11 +175,12 @@ class Duet {
         options[key] = value;
       }
     }
-    this.invite = options.invite;
+    this.selector = documentSelector(config.get<string>('files', '**/*'));
 
     const serverOptions: ServerOptions = { command: this.bridgePath, args: [] };
     const clientOptions: LanguageClientOptions = {
-      documentSelector: documentSelector(config.get<string>('files', '**/*')),
+      // A vscode.RelativePattern in a filter is passed through to vscode.languages.match as is.
+      documentSelector: this.selector as LanguageClientOptions['documentSelector'],
       initializationOptions: options,
       outputChannel: this.output,
     };
@@ -300,7 +317,6 @@ class Duet {
     const result = await this.execute('duet.createRoom', server ? [server] : [], 'duet: room created');
     const invite: string | undefined = result?.invite;
     if (invite) {
-      this.invite = invite;
       await vscode.env.clipboard.writeText(invite);
       void vscode.window.showInformationMessage(`duet: room created; the invite is in the clipboard: ${invite}`);
     }
@@ -323,27 +339,22 @@ class Duet {
         return;
       }
     }
-    invite = invite.trim();
-    if (await this.execute('duet.joinRoom', [invite])) {
-      this.invite = invite;
-    }
+    await this.execute('duet.joinRoom', [invite.trim()]);
   }
 
   private async leaveRoom(): Promise<void> {
     await this.execute('duet.leaveRoom', []);
-    this.invite = undefined;
     this.stopFollowing();
     this.onPeers([]);
   }
 
   private async copyInvite(): Promise<void> {
     const status: Status | undefined = await this.execute('duet.status', [], 'duet: {');
-    const invite = status?.invite ?? (status?.state !== 'idle' ? this.invite : undefined);
+    const invite = status?.invite;
     if (!invite) {
       void vscode.window.showInformationMessage('duet: not in a room. Create one or join one first.');
       return;
     }
-    this.invite = invite;
     await vscode.env.clipboard.writeText(invite);
     void vscode.window.showInformationMessage('duet: invite copied to the clipboard.');
   }
@@ -412,6 +423,39 @@ class Duet {
     }
   }
 
+  /**
+   * Undo or redo in the active editor. In a shared document the bridge undoes the user's own
+   * edits only (a peer's stay), for everyone, and the change comes back as an ordinary
+   * `workspace/applyEdit`; then it puts the cursor there (`window/showDocument`). Anywhere else
+   * it is VS Code's own undo or redo.
+   */
+  private async undo(which: 'undo' | 'redo'): Promise<void> {
+    const document = vscode.window.activeTextEditor?.document;
+    const client = this.client;
+    if (!client || !document || !this.isShared(document)) {
+      await vscode.commands.executeCommand(which);
+      return;
+    }
+    await this.execute(`duet.${which}`, [client.code2ProtocolConverter.asUri(document.uri)]);
+  }
+
+  /** Whether the bridge shares `document` with a room: a file under its root that the client syncs. */
+  private isShared(document: vscode.TextDocument): boolean {
+    // The bridge's root is the first workspace folder (the client's rootUri).
+    const root = vscode.workspace.workspaceFolders?.[0]?.uri;
+    if (!root || this.status.state === 'idle' || !this.client?.isRunning()) {
+      return false;
+    }
+    const relative = path.relative(root.fsPath, document.uri.fsPath);
+    return (
+      document.uri.scheme === 'file' &&
+      relative !== '' &&
+      relative.split(path.sep)[0] !== '..' &&
+      !path.isAbsolute(relative) &&
+      vscode.languages.match(this.selector, document) > 0
+    );
+  }
+
   private stopFollowing(): void {
     if (this.following !== undefined) {
       this.following = undefined;
@@ -472,6 +516,10 @@ class Duet {
     }
     this.log(message.message);
     if ([...this.quiet].some((prefix) => message.message.startsWith(prefix))) {
+      return;
+    }
+    if (STATUS_BAR_MESSAGES.some((prefix) => message.message.startsWith(prefix))) {
+      vscode.window.setStatusBarMessage(message.message, STATUS_BAR_MESSAGE_MS);
       return;
     }
     switch (message.type) {
@@ -601,9 +649,16 @@ class Duet {
     this.decorations.clear();
   }
 
-  // ----- status bar ----------------------------------------------------------------------------
+  // ----- status bar and context ----------------------------------------------------------------
 
+  /** Shows the state: the status-bar item, and the context key the undo keys depend on. */
   private render(): void {
+    const editor = vscode.window.activeTextEditor;
+    const shared = editor !== undefined && this.isShared(editor.document);
+    if (shared !== this.sharedDocument) {
+      this.sharedDocument = shared;
+      void vscode.commands.executeCommand('setContext', SHARED_DOCUMENT, shared);
+    }
     const item = this.statusItem;
     const peers = this.peers.length;
     const peerText = `${peers} ${peers === 1 ? 'peer' : 'peers'}`;
@@ -668,8 +723,13 @@ class Duet {
             version: editor.document.version,
             dirty: editor.document.isDirty,
             text: editor.document.getText(),
+            selection: {
+              anchor: { line: editor.selection.anchor.line, character: editor.selection.anchor.character },
+              active: { line: editor.selection.active.line, character: editor.selection.active.character },
+            },
           }
         : null,
+      sharedDocument: this.sharedDocument,
       statusBarText: this.statusItem.text,
       status: this.status,
       peers: this.peers,
@@ -729,14 +789,13 @@ function executable(p: string): boolean {
 }
 
 /** All files (`**\/*`), or the files matching the glob in each workspace folder. */
-function documentSelector(glob: string): LanguageClientOptions['documentSelector'] {
+function documentSelector(glob: string): vscode.DocumentFilter[] {
   glob = glob.trim();
   const folders = vscode.workspace.workspaceFolders ?? [];
   if (!glob || glob === '**/*' || glob === '**' || folders.length === 0) {
     return [{ scheme: 'file' }];
   }
-  // A vscode.RelativePattern is passed through to vscode.languages.match as is.
-  return folders.map((folder) => ({ scheme: 'file', pattern: new vscode.RelativePattern(folder, glob) as any }));
+  return folders.map((folder) => ({ scheme: 'file', pattern: new vscode.RelativePattern(folder, glob) }));
 }
 
 function toRange(range: { start: Position; end: Position }): vscode.Range {
