@@ -22,6 +22,8 @@
 //! accent, as editors themselves do); lengths that do not fit are errors ([`OpError`]), never
 //! panics.
 
+use std::time::{Duration, Instant};
+
 use ropey::Rope;
 use thiserror::Error;
 
@@ -146,11 +148,13 @@ impl Operation {
         Operation::from_edits(base_len, &[Edit::new(start, end, text)])
     }
 
-    /// Replaces chars `start..end` of `base` with `text`, leaving out what the replaced and
-    /// the new text have in common at either end: Neovim reports changes as line diffs whose
-    /// range can cover text that stays as it was, and re-inserting that text would give it
-    /// new identities in the CRDT (a peer's concurrent edit inside it would then be lost or
-    /// land twice).
+    /// Replaces chars `start..end` of `base` with `text`, leaving out what stays as it was:
+    /// Neovim reports changes as line diffs whose range can cover text that stays, and
+    /// re-inserting that text would give it new identities in the CRDT (a peer's concurrent
+    /// edit inside it would then be lost or land twice, and its cursor lose its place). First
+    /// what the replaced and the new text have in common at either end; then, if both span
+    /// lines (`:%s`, a formatter, a reload), every line that stays (a line diff), and within
+    /// lines replaced one for one, what each keeps at either end.
     pub fn replace_trimmed(
         base: &Rope,
         start: usize,
@@ -164,10 +168,16 @@ impl Operation {
                 len: base.len_chars(),
             });
         }
-        let edits: Vec<Edit> = trim_edit(base, Edit::new(start, end, text))
-            .map(|e| align_to_lines(base, e))
-            .into_iter()
-            .collect();
+        let edits = match trim_edit(base, Edit::new(start, end, text)) {
+            None => Vec::new(),
+            Some(e)
+                if e.text.contains('\n')
+                    && base.slice(e.start..e.end).chars().any(|c| c == '\n') =>
+            {
+                line_edits(base, e)
+            }
+            Some(e) => vec![align_to_lines(base, e)],
+        };
         Operation::from_edits(base.len_chars(), &edits)
     }
 
@@ -710,6 +720,68 @@ impl Operation {
     }
 }
 
+/// How long a line diff may take before it settles for a coarser answer (still correct).
+const LINE_DIFF_DEADLINE: Duration = Duration::from_millis(50);
+
+/// An edit spanning lines, as the edits that change only the lines that differ (see
+/// [`Operation::replace_trimmed`]), in order.
+fn line_edits(base: &Rope, e: Edit) -> Vec<Edit> {
+    // Whole lines on both sides: from the start of the first line to the end of the last.
+    let mut a = e.start;
+    while a > 0 && base.char(a - 1) != '\n' {
+        a -= 1;
+    }
+    let mut b = e.end;
+    if b > 0 && base.char(b - 1) != '\n' {
+        while b < base.len_chars() && base.char(b) != '\n' {
+            b += 1;
+        }
+        b = (b + 1).min(base.len_chars());
+    }
+    let old = base.slice(a..b).to_string();
+    let new = format!(
+        "{}{}{}",
+        base.slice(a..e.start),
+        e.text,
+        base.slice(e.end..b)
+    );
+    let old_lines: Vec<&str> = old.split_inclusive('\n').collect();
+    let new_lines: Vec<&str> = new.split_inclusive('\n').collect();
+    let mut at = vec![a];
+    for line in &old_lines {
+        at.push(at[at.len() - 1] + char_len(line));
+    }
+    let deadline = Instant::now() + LINE_DIFF_DEADLINE;
+    let ops = similar::capture_diff_slices_deadline(
+        similar::Algorithm::Myers,
+        &old_lines,
+        &new_lines,
+        Some(deadline),
+    );
+    // The ops come in order; their old indexes do not always say where an insertion goes, so
+    // the position in the old lines is counted here.
+    let mut edits = Vec::new();
+    let mut line = 0;
+    for op in ops {
+        let (old_len, new) = (op.old_range().len(), op.new_range());
+        let old = line..line + old_len;
+        line += old_len;
+        if matches!(op, similar::DiffOp::Equal { .. }) {
+            continue;
+        }
+        if old.len() == new.len() {
+            // Lines replaced one for one: each keeps what it can.
+            for (o, n) in old.zip(new) {
+                edits.extend(trim_edit(base, Edit::new(at[o], at[o + 1], new_lines[n])));
+            }
+        } else {
+            let block = Edit::new(at[old.start], at[old.end], new_lines[new].concat());
+            edits.extend(trim_edit(base, block));
+        }
+    }
+    edits
+}
+
 /// Trims from an edit on `base` the chars its replacement keeps unchanged at either end;
 /// `None` if nothing is left.
 /// A whole-line insertion or deletion in the form a line diff may report it: shifted right by
@@ -1140,6 +1212,33 @@ pub(crate) mod tests {
                 "{text:?} [{start}, {end}) {new:?}"
             );
         }
+    }
+
+    #[test]
+    fn wide_changes_are_reduced_to_the_lines_and_chars_that_differ() {
+        // `:%s` changing lines 2 and 999 of 1,000, reported as one change from line 2 to 999.
+        let lines: Vec<String> = (1..=1000).map(|i| format!("line {i} = {i}\n")).collect();
+        let base = Rope::from_str(&lines.concat());
+        let mut changed = lines.clone();
+        changed[1] = "line two = 2\n".into();
+        changed[998] = "line 999 = nine\n".into();
+        let (start, end) = (base.line_to_char(1), base.line_to_char(999));
+        let text = changed[1..999].concat();
+        let op = Operation::replace_trimmed(&base, start, end, &text).unwrap();
+        assert_eq!(op.apply(&base).unwrap().to_string(), changed.concat());
+        assert_eq!(op.edits().len(), 2, "{op}");
+        assert_eq!(op.changed_chars(), "2two999nine".len(), "{op}");
+        // A formatter's whole-buffer rewrite (a full-document change): lines inserted,
+        // deleted and changed, the rest kept.
+        let old = Rope::from_str("a\nb\nc\nd\ne\n");
+        let new = "a\nB\nc\nx\ny\ne\n";
+        let op = Operation::replace_trimmed(&old, 0, old.len_chars(), new).unwrap();
+        assert_eq!(op.apply(&old).unwrap().to_string(), new);
+        assert_eq!(
+            op.edits(),
+            vec![Edit::new(2, 3, "B"), Edit::new(6, 7, "x\ny")],
+            "{op}"
+        );
     }
 
     #[test]

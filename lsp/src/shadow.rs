@@ -763,7 +763,7 @@ fn change_op(
             (op, clamped)
         }
         None => (
-            Operation::diff(base, &Rope::from_str(&change.text)),
+            Operation::replace_trimmed(base, 0, base.len_chars(), &change.text)?,
             Clamped::No,
         ),
     })

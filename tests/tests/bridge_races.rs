@@ -362,3 +362,34 @@ async fn neovim_line_diff_echo_is_not_applied_twice() {
 async fn helix_echo_is_not_applied_twice() {
     echo_is_not_applied_twice(Kind::Helix).await;
 }
+
+/// A wide change (`:%s` touching lines 2 and 999 of 1,000, reported as one change from line 2
+/// to line 999) reaches the room as the two lines it changes, so a peer's concurrent typing
+/// on line 500 stays where the peer put it. (Re-sending the span deleted and re-inserted 997
+/// unchanged lines: the peer's text landed at an end of the span.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_change_keeps_a_peers_concurrent_typing_in_place() {
+    let lines: Vec<String> = (1..=1000).map(|i| format!("line {i} = {i}\n")).collect();
+    let initial = lines.concat();
+    let (_db, server, room, peer) = setup(&initial).await;
+    let ed = FakeEditor::joined(Kind::VsCode, "ann", &server, &room, PATH).await;
+    ed.hold_apply_edits();
+    peer.insert_after(PATH, "line 500 = 500", " # peer");
+    ed.wait_held_apply_edits(1, WAIT).await;
+    let mut changed = lines.clone();
+    changed[1] = "line two = 2\n".into();
+    changed[998] = "line 999 = nine\n".into();
+    let start = chars(&lines[..1].concat());
+    let end = chars(&lines[..999].concat());
+    ed.replace(PATH, start, end, &changed[1..999].concat());
+    ed.release_apply_edits();
+    changed[499] = "line 500 = 500 # peer\n".into();
+    let expected = changed.concat();
+    let text = converge(&server, &room, PATH, &[&ed], WAIT).await;
+    assert!(
+        text == expected,
+        "the peer's text moved:\n{}",
+        ed.trace_tail(6)
+    );
+    peer.wait_text(PATH, &expected, WAIT).await;
+}
