@@ -111,6 +111,8 @@ enum Link {
 }
 
 struct Room {
+    /// Which join this is: events of an earlier connection are ignored.
+    generation: u64,
     invite: Invite,
     connection: Connection,
     replica: Replica,
@@ -140,6 +142,9 @@ pub struct Session {
     stale_identifiers: HashSet<String>,
     docs: HashMap<Url, Document>,
     room: Option<Room>,
+    /// A room being joined while we are still in `room`: it replaces `room` once it has
+    /// synced, and a join that fails leaves the user where they were.
+    joining: Option<Room>,
     generation: u64,
     cursor_from_editor: bool,
     peer_diagnostics: HashSet<Url>,
@@ -179,6 +184,7 @@ impl Session {
             stale_identifiers: HashSet::new(),
             docs: HashMap::new(),
             room: None,
+            joining: None,
             generation: 0,
             cursor_from_editor: false,
             status_sent: None,
@@ -216,8 +222,21 @@ impl Session {
             }
             Event::Command(params, reply) => self.command(params, reply),
             Event::Cursor(params) => self.cursor(params),
-            Event::Net(generation, event) if generation == self.generation => self.net(event),
-            Event::Net(..) => {}
+            Event::Net(generation, event) => {
+                if self
+                    .room
+                    .as_ref()
+                    .is_some_and(|r| r.generation == generation)
+                {
+                    self.net(event);
+                } else if self
+                    .joining
+                    .as_ref()
+                    .is_some_and(|r| r.generation == generation)
+                {
+                    self.joining_net(event);
+                }
+            }
             Event::ApplyEditAnswered { uri, id, applied } => {
                 if let Some(doc) = self.docs.get_mut(&uri) {
                     if let Err(e) = doc.shadow.apply_edit_answered(id, applied) {
@@ -369,8 +388,9 @@ impl Session {
 
     // ----- the room ----------------------------------------------------------------------
 
+    /// Joins a room. While we are in another one, that one stays until the new one has synced
+    /// (see [`Session::joining_net`]).
     fn join(&mut self, invite: Invite) {
-        self.leave();
         self.generation += 1;
         let generation = self.generation;
         let events = self.events.clone();
@@ -385,7 +405,8 @@ impl Session {
             "begin",
             format!("connecting to {}", invite.server),
         );
-        self.room = Some(Room {
+        let room = Room {
+            generation,
             invite,
             connection,
             replica,
@@ -393,11 +414,17 @@ impl Session {
             ever_synced: false,
             warned_unreachable: false,
             asked_again: None,
-        });
-        self.status();
+        };
+        if self.room.is_some() {
+            self.joining = Some(room);
+        } else {
+            self.room = Some(room);
+            self.status();
+        }
     }
 
     fn leave(&mut self) {
+        self.joining = None;
         if let Some(room) = self.room.take() {
             tracing::info!(room = %room.invite.room, "left the room");
             for doc in self.docs.values_mut() {
@@ -406,6 +433,56 @@ impl Session {
             self.clear_peer_diagnostics();
             self.status();
         }
+    }
+
+    /// The connection to a room we are joining while in another: it takes the other's place
+    /// once synced; if it is refused or cannot connect, the user stays where they were.
+    fn joining_net(&mut self, event: NetEvent) {
+        let Some(joining) = self.joining.as_mut() else {
+            return;
+        };
+        let failure = match event {
+            NetEvent::Connected => {
+                for frame in joining.replica.hello() {
+                    joining.connection.send(frame);
+                }
+                return;
+            }
+            NetEvent::Frame(data) => match joining.replica.receive(&data) {
+                Ok(received) => {
+                    if let Some(reply) = received.reply {
+                        joining.connection.send(reply);
+                    }
+                    if received.synced {
+                        let joined = self.joining.take();
+                        self.leave();
+                        self.room = joined;
+                        self.synced();
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring a frame from the server");
+                    return;
+                }
+            },
+            NetEvent::Disconnected(reason) => {
+                format!("cannot reach {} ({reason})", joining.invite.server)
+            }
+            NetEvent::Refused(reason) => format!("cannot join the room: {reason}"),
+        };
+        let generation = joining.generation;
+        self.joining = None;
+        self.progress(generation, "end", "failed".into());
+        let staying = self
+            .room
+            .as_ref()
+            .map(|r| short_id(&r.invite))
+            .unwrap_or_default();
+        self.show(
+            MessageType::ERROR,
+            format!("duet: {failure}; you are still in room {staying}"),
+        );
     }
 
     fn net(&mut self, event: NetEvent) {
@@ -471,7 +548,7 @@ impl Session {
                 }
             }
             NetEvent::Refused(reason) => {
-                let generation = self.generation;
+                let generation = room.generation;
                 self.show(
                     MessageType::ERROR,
                     format!("duet: cannot join the room: {reason}"),
@@ -483,14 +560,14 @@ impl Session {
     }
 
     fn synced(&mut self) {
-        let generation = self.generation;
         let Some(room) = self.room.as_mut() else {
             return;
         };
+        let generation = room.generation;
         let first = !room.ever_synced;
         room.link = Link::Synced;
         room.ever_synced = true;
-        let short = room.invite.room.to_string()[..8].to_string();
+        let short = short_id(&room.invite);
         // Documents opened before the first sync, or while offline, join the room now.
         let unlinked: Vec<Url> = self
             .docs
@@ -1368,6 +1445,11 @@ impl Session {
                 .await;
         });
     }
+}
+
+/// A room's id as people see it: its first 8 characters.
+fn short_id(invite: &Invite) -> String {
+    invite.room.to_string()[..8].to_string()
 }
 
 /// Sends the session a [`Event::Tick`] at `when`, to look again at what was held back.

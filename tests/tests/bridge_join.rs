@@ -461,6 +461,67 @@ async fn wrong_token_gives_a_clear_error_and_no_crash() {
     );
 }
 
+/// A failed join while in a room keeps the room: the person is told, stays connected, and
+/// typing still syncs. A join that works moves the open files to the new room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_join_keeps_the_room_you_are_in() {
+    let (_db, server) = start().await;
+    let room = server.create_room_with(&[("main.py", "x = 1\n")]).await;
+    let ed = FakeEditor::joined(Kind::VsCode, "ann", &server, &room, "main.py").await;
+    let short = &room.id[..8];
+    for (invite, words) in [
+        (
+            format!("{}/{}?token=wrong-token", server.ws_base(), room.id),
+            "token",
+        ),
+        (
+            format!("{}/{}?token=x", server.ws_base(), uuid::Uuid::new_v4()),
+            "room",
+        ),
+        // Nothing listens there: refused at once.
+        (
+            "ws://127.0.0.1:9/ws/00000000-0000-0000-0000-000000000000?token=x".into(),
+            "reach",
+        ),
+    ] {
+        let mark = ed.mark();
+        let _ = ed.execute_command("duet.joinRoom", json!([invite])).await;
+        let message = ed
+            .wait_received_after(mark, "the join's failure", WAIT, |m, p| {
+                m == "window/showMessage" && text_of(p).contains("still in room")
+            })
+            .await;
+        let text = text_of(&message.params);
+        assert!(text.contains(words) && text.contains(short), "{text}");
+        assert_eq!(ed.status().as_deref(), Some("connected"));
+        let status = ed.execute_command("duet.status", json!([])).await.unwrap();
+        assert_eq!(status["room"], room.id, "{status}");
+    }
+    ed.type_text("main.py", 0, "# still here\n").await;
+    wait_server_file(
+        &server,
+        &room,
+        "main.py",
+        "# still here\nx = 1\n",
+        WAIT,
+        &[&ed],
+    )
+    .await;
+
+    let other = server.create_room_with(&[("main.py", "other\n")]).await;
+    ed.execute_command("duet.joinRoom", json!([server.ws_url(&other)]))
+        .await
+        .unwrap();
+    ed.wait_text("main.py", "other\n", WAIT).await;
+    ed.type_text("main.py", 0, "moved ").await;
+    wait_server_file(&server, &other, "main.py", "moved other\n", WAIT, &[&ed]).await;
+    assert_eq!(
+        server.file(&room, "main.py").await.as_deref(),
+        Some("# still here\nx = 1\n"),
+        "the room left behind is not touched"
+    );
+}
+
 fn labels(completion: &Value) -> Vec<String> {
     let items = completion
         .as_array()
