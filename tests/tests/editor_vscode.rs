@@ -5,7 +5,11 @@
 //! editor, the peer sees VS Code's cursor, and following the peer works from the command
 //! palette. Then both type at the same place at once, and converge again.
 //! A second test checks what a user is told on a malformed invite, a wrong token and a room
-//! deleted while connected, and that what they typed meanwhile stays in the editor.
+//! deleted while connected, and that what they typed meanwhile stays in the editor; a third, that
+//! a join refused while in a room leaves VS Code in that room.
+//! Beside a real Neovim with the duet plugin: VS Code's undo and redo keys take back only VS
+//! Code's own edits, for everyone, and put the cursor there; and VS Code typing on the empty last
+//! line of a file keeps the keys on one line for everyone.
 //!
 //! `tests/run` installs code-server (cached per machine, `tests/vscode/install.sh`) and builds the
 //! `.vsix`; without them this test fails and says so. `tests/vscode/driver.mjs` drives the
@@ -963,6 +967,7 @@ async fn vscode_keeps_its_room_when_a_join_fails() {
     let room = server.create_room_with(&[("main.py", initial)]).await;
     let other = server.create_room_with(&[]).await;
     let peer = YClient::join(&server.ws_url(&room)).await;
+    peer.set_presence(json!({"user": {"name": "rusty", "color": "#e06c75"}}));
 
     let settings = json!({"duet.invite": server.ws_url(&room), "duet.name": "vera"});
     let (mut vscode, _) = VsCode::start("vscode-rejoin", &[("main.py", initial)], settings).await;
