@@ -1,6 +1,7 @@
 //! duet-lsp: the bridge between one editor (over LSP) and one duet room (over y-websocket).
 //!
-//! [`backend`] receives LSP messages and forwards them, in order, to the [`session`] task,
+//! [`transport`] checks each message from the editor; [`backend`] receives them as LSP and
+//! forwards them, in order, to the [`session`] task,
 //! which owns all state: the documents' [`shadow`]s (operational transform against the
 //! editor), the room [`replica`] (the CRDT), and the [`connection`].
 
@@ -12,4 +13,5 @@ pub mod ot;
 pub mod replica;
 pub mod session;
 pub mod shadow;
+pub mod transport;
 pub mod workspace;

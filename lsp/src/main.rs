@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use duet_lsp::backend::Backend;
 use duet_lsp::session::Session;
+use duet_lsp::transport;
 use tokio::sync::mpsc;
 use tower_lsp::jsonrpc::{Request, Response};
 use tower_lsp::{ExitedError, LspService, Server};
@@ -16,6 +17,7 @@ use tower_service::Service;
 async fn main() {
     init_tracing();
     let (events, inbox) = mpsc::unbounded_channel();
+    let stdin = transport::checked(tokio::io::stdin(), events.clone());
     let (service, socket) = LspService::build(move |client| {
         tokio::spawn(Session::new(client, events.clone()).run(inbox));
         Backend::new(events)
@@ -26,7 +28,7 @@ async fn main() {
         inner: service,
         shut_down: Arc::default(),
     };
-    Server::new(tokio::io::stdin(), tokio::io::stdout(), socket)
+    Server::new(stdin, tokio::io::stdout(), socket)
         .serve(service)
         .await;
 }

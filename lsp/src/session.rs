@@ -79,6 +79,12 @@ pub enum Event {
     ),
     /// Time to look at held edits again.
     Tick,
+    /// The editor sent a message that is not valid UTF-8 (see [`crate::transport`]); it follows
+    /// with its invalid bytes replaced.
+    InvalidUtf8 {
+        method: String,
+        uri: Option<Url>,
+    },
 }
 
 /// `duet/cursor`: where the user's cursor is, sent by our editor plugins.
@@ -152,6 +158,8 @@ pub struct Session {
     show_document: bool,
     /// The document the user last typed in: the one `duet.undo` without arguments undoes in.
     last_typed: Option<Url>,
+    /// Documents the editor sent invalid UTF-8 for before opening them: not shared.
+    undecodable: HashSet<Url>,
     /// Our latest presence, not sent yet, and when the last one went out.
     presence: Option<Value>,
     presence_sent: Option<Instant>,
@@ -191,6 +199,7 @@ impl Session {
             peer_diagnostics: HashSet::new(),
             show_document: false,
             last_typed: None,
+            undecodable: HashSet::new(),
             presence: None,
             presence_sent: None,
             presence_tick: false,
@@ -268,6 +277,7 @@ impl Session {
                     let _ = reply.send(Err(e));
                 }
             },
+            Event::InvalidUtf8 { method, uri } => self.invalid_utf8(&method, uri),
             Event::Tick => {
                 let uris: Vec<Url> = self.docs.keys().cloned().collect();
                 for uri in uris {
@@ -814,9 +824,53 @@ impl Session {
 
     // ----- documents ---------------------------------------------------------------------
 
+    /// The editor's message about `uri` was not valid UTF-8: its text of that document can no
+    /// longer be trusted, so the document stops being shared (until it is opened again), and
+    /// the user is told which and why. Every other document goes on.
+    fn invalid_utf8(&mut self, method: &str, uri: Option<Url>) {
+        let why = format!("your editor sent text that is not valid UTF-8 ({method})");
+        let Some(uri) = uri else {
+            self.show(
+                MessageType::WARNING,
+                format!("duet: {why}; it was read with replacement characters"),
+            );
+            return;
+        };
+        let Some(doc) = self.docs.get_mut(&uri) else {
+            self.undecodable.insert(uri);
+            return;
+        };
+        let Some(path) = doc.path.take() else {
+            return;
+        };
+        doc.linked = false;
+        if let Some(room) = self.room.as_mut() {
+            if !self.docs.values().any(|d| d.path.as_ref() == Some(&path)) {
+                room.replica.unlink(&path);
+            }
+        }
+        self.show(
+            MessageType::ERROR,
+            format!(
+                "duet: {path} is no longer shared: {why}. Your other files are still shared; \
+                 fix the file's encoding and open it again to share it."
+            ),
+        );
+    }
+
     fn did_open(&mut self, params: DidOpenTextDocumentParams) {
         let item = params.text_document;
         let path = match self.workspace.relative_path(&item.uri) {
+            Ok(_) if self.undecodable.remove(&item.uri) => {
+                self.show(
+                    MessageType::ERROR,
+                    format!(
+                        "duet: {} is not shared: your editor sent text that is not valid UTF-8",
+                        item.uri
+                    ),
+                );
+                None
+            }
             Ok(path) => Some(path),
             Err(why) => {
                 if self.room.is_some() {

@@ -546,8 +546,12 @@ impl State {
     fn send(&mut self, message: Value) {
         let body = message.to_string();
         self.trace("->", &body);
+        self.send_body(body.into_bytes());
+    }
+
+    fn send_body(&mut self, body: Vec<u8>) {
         let mut frame = format!("Content-Length: {}\r\n\r\n", body.len()).into_bytes();
-        frame.extend_from_slice(body.as_bytes());
+        frame.extend(body);
         let _ = self.out.send(frame);
     }
 
@@ -1695,6 +1699,27 @@ impl FakeEditor {
     /// Inserts `text` at a character offset: one edit, one `didChange`.
     pub fn insert(&self, path: &str, char_offset: usize, text: &str) {
         self.replace(path, char_offset, char_offset, text);
+    }
+
+    /// Types half a character at a character offset, as Neovim does with its cursor inside a
+    /// multibyte character: the `didChange` carries a byte that is not UTF-8 (0xC3). The
+    /// editor's own text shows U+FFFD there.
+    pub fn insert_invalid_utf8(&self, path: &str, char_offset: usize) {
+        const PLACEHOLDER: &str = "@invalid@";
+        let mut s = self.lock();
+        let (uri, encoding) = (s.uri(path), s.encoding);
+        let doc = s.doc_mut(path);
+        let at = char_to_byte(&doc.text, char_offset);
+        let position = position_of(&doc.text, at, encoding).to_json();
+        doc.text.insert(at, char::REPLACEMENT_CHARACTER);
+        doc.version += 1;
+        let message = json!({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+            "textDocument": {"uri": uri, "version": doc.version},
+            "contentChanges": [{"range": {"start": position, "end": position}, "text": PLACEHOLDER}]}});
+        let body = message.to_string();
+        s.trace("->", &body);
+        let (before, after) = body.split_once(PLACEHOLDER).expect("placeholder");
+        s.send_body([before.as_bytes(), &[0xc3], after.as_bytes()].concat());
     }
 
     /// Deletes characters `[start, end)`.

@@ -522,6 +522,36 @@ async fn a_failed_join_keeps_the_room_you_are_in() {
     );
 }
 
+/// The editor sends a `didChange` that is not valid UTF-8 (Neovim, its cursor inside a
+/// character): that file stops being shared and the person is told which and why; the other
+/// file keeps syncing both ways, and the bridge keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_from_the_editor_unshares_that_file_only() {
+    let (_db, server) = start().await;
+    let room = server
+        .create_room_with(&[("a.txt", "é\n"), ("b.txt", "b\n")])
+        .await;
+    let ed = FakeEditor::joined(Kind::Neovim, "ann", &server, &room, "a.txt").await;
+    ed.open("b.txt", "b\n");
+    let peer = YClient::join(&server.ws_url(&room)).await;
+    ed.insert_invalid_utf8("a.txt", 1);
+    let message = ed
+        .wait_message("which file stopped being shared", WAIT, |m| {
+            is_problem(m) && text_of(m).contains("a.txt")
+        })
+        .await;
+    assert!(text_of(&message).contains("UTF-8"), "{message}");
+    ed.insert("a.txt", 0, "unshared ");
+    ed.type_text("b.txt", 0, "still ").await;
+    wait_server_file(&server, &room, "b.txt", "still b\n", WAIT, &[&ed]).await;
+    peer.insert("b.txt", 0, "peer ");
+    ed.wait_text("b.txt", "peer still b\n", WAIT).await;
+    assert_eq!(server.file(&room, "a.txt").await.as_deref(), Some("é\n"));
+    // Still answering requests, about that file too.
+    ed.completion("a.txt", 0).await;
+    assert!(ed.alive(), "{}", ed.report());
+}
+
 fn labels(completion: &Value) -> Vec<String> {
     let items = completion
         .as_array()
