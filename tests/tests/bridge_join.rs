@@ -11,11 +11,13 @@ use duet_e2e::server::{Backend, Database, RoomRef, Server};
 use duet_e2e::yclient::YClient;
 use serde_json::{json, Value};
 
-const COMMANDS: [&str; 4] = [
+const COMMANDS: [&str; 6] = [
     "duet.createRoom",
     "duet.joinRoom",
     "duet.leaveRoom",
     "duet.status",
+    "duet.undo",
+    "duet.redo",
 ];
 
 async fn start() -> (Database, Server) {

@@ -26,20 +26,30 @@ fn chars(s: &str) -> usize {
     s.chars().count()
 }
 
-/// Runs `duet.undo` or `duet.redo` for `PATH` in `ed` and returns how many steps it did.
+/// Runs `duet.undo` or `duet.redo` for `PATH` in `ed` and returns how many steps it did. Helix
+/// runs it as its keymap does (`editors/helix/config.toml`): no arguments, once per step.
 async fn history(ed: &FakeEditor, command: &str, steps: u64) -> u64 {
-    let result = ed
-        .execute_command(command, json!([ed.uri(PATH), steps]))
-        .await
-        .unwrap_or_else(|e| panic!("{command}: {e}\n{}", ed.report()));
+    let runs = if ed.kind == Kind::Helix {
+        vec![json!([]); steps as usize]
+    } else {
+        vec![json!([ed.uri(PATH), steps])]
+    };
     let key = if command == "duet.undo" {
         "undone"
     } else {
         "redone"
     };
-    result[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{command} answered {result}"))
+    let mut done = 0;
+    for arguments in runs {
+        let result = ed
+            .execute_command(command, arguments)
+            .await
+            .unwrap_or_else(|e| panic!("{command}: {e}\n{}", ed.report()));
+        done += result[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{command} answered {result}"));
+    }
+    done
 }
 
 /// The `window/showDocument` selection the bridge sent after `mark`, as (line, character).

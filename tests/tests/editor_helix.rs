@@ -335,6 +335,27 @@ fn assert_ok(check: Check) {
     }
 }
 
+/// `config.toml`: `u` and `U` run duet's undo and redo of one's own edits (the commands the
+/// bridge advertises, see `bridge_join`), in normal and select mode, and Helix's own undo and
+/// redo stay on `A-u` and `A-U`.
+#[test]
+fn the_keymap_puts_duets_undo_on_u_and_keeps_helixs_own() {
+    let keys = parse(&read("config.toml"), "config.toml");
+    for mode in ["normal", "select"] {
+        let map = keys["keys"][mode]
+            .as_table()
+            .unwrap_or_else(|| panic!("no [keys.{mode}]"));
+        let key = |k: &str| map.get(k).and_then(Value::as_str);
+        assert_eq!(key("u"), Some(":lsp-workspace-command duet.undo"), "{mode}");
+        assert_eq!(key("U"), Some(":lsp-workspace-command duet.redo"), "{mode}");
+        assert_eq!(
+            (key("A-u"), key("A-U")),
+            (Some("undo"), Some("redo")),
+            "{mode}"
+        );
+    }
+}
+
 #[test]
 fn duet_is_defined_as_duet_lsp_with_peer_diagnostics() {
     assert_ok(check_duet_server);
