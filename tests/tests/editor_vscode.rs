@@ -838,8 +838,11 @@ async fn vscode_undo_and_redo_only_its_own_edits() {
     let invite = server.ws_url(&room);
     let at = (&server, &room);
 
-    let settings = json!({"duet.invite": invite, "duet.name": "vera", "duet.color": "#61afef"});
-    let (mut vscode, _) = VsCode::start("vscode-undo", &[("main.py", initial)], settings).await;
+    // Python files are shared; notes.txt is not.
+    let settings = json!({"duet.invite": invite, "duet.name": "vera", "duet.files": "**/*.py"});
+    let notes = "notes\n";
+    let files = [("main.py", initial), ("notes.txt", notes)];
+    let (mut vscode, _) = VsCode::start("vscode-undo", &files, settings).await;
     let nv_dir = TempDir::new("vscode-undo-nvim");
     let mut nv = neovim_peer("nvim", &nv_dir.0, &[("main.py", initial)], &invite).await;
     vscode
@@ -915,6 +918,36 @@ async fn vscode_undo_and_redo_only_its_own_edits() {
     for (key, expected, line) in [("Control+Shift+z", one_undone, 2), ("Control+y", all, 3)] {
         press_and_converge(&mut vscode, &mut nv, at, key, expected, line).await;
     }
+
+    // In a file that is not shared, Ctrl+Z is VS Code's own undo.
+    vscode
+        .call(json!({"cmd": "open", "file": "notes.txt"}))
+        .await;
+    vscode
+        .wait_state("notes.txt active, not shared", WAIT, |s| {
+            s["active"]["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/notes.txt"))
+                && s["sharedDocument"] == false
+        })
+        .await;
+    vscode
+        .call(json!({"cmd": "type", "text": "more", "delayMs": 20}))
+        .await;
+    let typed = format!("{notes}more");
+    vscode
+        .wait_state("the typing in notes.txt", WAIT, |s| {
+            s["active"]["text"] == typed.as_str()
+        })
+        .await;
+    vscode
+        .call(json!({"cmd": "press", "key": "Control+z"}))
+        .await;
+    vscode
+        .wait_state("VS Code's own undo in notes.txt", WAIT, |s| {
+            s["active"]["text"] == notes
+        })
+        .await;
 
     nv.quit().await;
     vscode.quit().await;
