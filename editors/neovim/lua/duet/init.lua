@@ -8,8 +8,12 @@
 local api = vim.api
 local uv = vim.uv or vim.loop
 local peers = require("duet.peers")
+local messages = require("duet.messages")
 
 local has011 = vim.fn.has("nvim-0.11") == 1
+
+--- The name of duet's language client.
+local CLIENT_NAME = "duet"
 
 local M = {}
 
@@ -35,6 +39,9 @@ M.defaults = {
   connect_timeout_ms = 5000,
   -- Where peers' names go: "inline" (at their cursor), "eol", "right_align" or "overlay".
   label_position = "inline",
+  -- `u` and `<C-r>` in shared buffers undo and redo your own edits only (peers' stay);
+  -- false keeps Neovim's undo, which undoes peers' edits too.
+  undo = true,
 }
 
 M.config = vim.deepcopy(M.defaults)
@@ -59,9 +66,7 @@ local function now()
   return uv.now()
 end
 
-local function notify(msg, level)
-  vim.notify(msg, level or vim.log.levels.INFO, { title = "duet" })
-end
+local notify = messages.notify
 
 -- ------------------------------------------------------------------------------------------
 -- Compatibility between Neovim 0.10 (dot methods) and 0.11 (colon methods).
@@ -256,7 +261,7 @@ end
 
 local function client_config()
   return {
-    name = "duet",
+    name = CLIENT_NAME,
     cmd = M.config.cmd,
     cmd_env = M.config.cmd_env,
     root_dir = M.root(),
@@ -454,6 +459,55 @@ local function cursor_moved()
 end
 
 -- ------------------------------------------------------------------------------------------
+-- Undo and redo of your own edits.
+
+--- Whether `bufnr` is shared in a room right now.
+local function shared_in_room(bufnr)
+  local client, status = M.client(), M.state.status
+  return client ~= nil and status ~= nil and status.state ~= "idle" and vim.lsp.buf_is_attached(bufnr, client.id)
+end
+
+--- Asks the bridge to undo (`duet.undo`) or redo (`duet.redo`) `count` of your own edits in
+--- `bufnr`: it changes the text for everyone, leaves peers' edits alone and puts the cursor
+--- where the change was (or says there is nothing of yours to undo).
+local function own_history(command, bufnr, count)
+  bufnr = (bufnr == nil or bufnr == 0) and api.nvim_get_current_buf() or bufnr
+  if not shared_in_room(bufnr) then
+    notify("duet: this buffer is not shared in a room", vim.log.levels.WARN)
+    return
+  end
+  M.exec(command, { vim.uri_from_bufnr(bufnr), count or 1 })
+end
+
+function M.undo(bufnr, count)
+  own_history("duet.undo", bufnr, count)
+end
+
+function M.redo(bufnr, count)
+  own_history("duet.redo", bufnr, count)
+end
+
+local own_keys = {
+  { lhs = "u", native = "u", fn = M.undo, desc = "duet: undo your own edits" },
+  { lhs = "<C-r>", native = "\18", fn = M.redo, desc = "duet: redo your own edits" },
+}
+
+--- `u` and `<C-r>` (with a count) in a shared buffer: your own edits while in a room,
+--- Neovim's undo otherwise.
+local function map_own_keys(bufnr)
+  for _, key in ipairs(own_keys) do
+    vim.keymap.set("n", key.lhs, function()
+      local count = vim.v.count1
+      if shared_in_room(bufnr) then
+        key.fn(bufnr, count)
+      else
+        vim.cmd("normal! " .. count .. key.native)
+      end
+    end, { buffer = bufnr, desc = key.desc })
+  end
+end
+
+-- ------------------------------------------------------------------------------------------
 -- Peers and following.
 
 function M.find_peer_by_id(id)
@@ -594,12 +648,12 @@ end
 
 function M.show_status()
   if not M.client() then
-    notify(table.concat(M.status_lines(), "\n"))
+    messages.show(M.status_lines(), "status")
     return
   end
   M.state.quiet_status_until = now() + 3000
   M.exec("duet.status", {}, function(result)
-    notify(table.concat(M.status_lines(type(result) == "table" and result or nil), "\n"))
+    messages.show(M.status_lines(type(result) == "table" and result or nil), "status")
   end)
 end
 
@@ -626,7 +680,16 @@ function M.peer_lines()
 end
 
 function M.show_peers()
-  notify(table.concat(M.peer_lines(), "\n"))
+  messages.show(M.peer_lines(), "peers")
+end
+
+--- :DuetMessages: every message kept, in a floating window; "clear" forgets them.
+function M.show_messages(arg)
+  if arg == "clear" then
+    messages.clear()
+  else
+    messages.show(messages.lines(), "messages")
+  end
 end
 
 --- A statusline component: "duet: 3f2a1b9c · 2 peers", "duet: offline", "duet: connecting",
@@ -673,6 +736,21 @@ local function create_commands()
   command("DuetUnfollow", function()
     M.unfollow()
   end, { nargs = 0, desc = "duet: stop following" })
+  command("DuetUndo", function(o)
+    M.undo(0, o.count)
+  end, { count = 1, desc = "duet: undo [count] of your own edits in this buffer" })
+  command("DuetRedo", function(o)
+    M.redo(0, o.count)
+  end, { count = 1, desc = "duet: redo [count] of your own edits in this buffer" })
+  command("DuetMessages", function(o)
+    M.show_messages(o.args)
+  end, {
+    nargs = "?",
+    complete = function()
+      return { "clear" }
+    end,
+    desc = "duet: every message so far (clear: forget them)",
+  })
 end
 
 -- ------------------------------------------------------------------------------------------
@@ -696,6 +774,17 @@ function M.setup(opts)
       M.attach(ev.buf)
     end,
   })
+  if M.config.undo then
+    api.nvim_create_autocmd("LspAttach", {
+      group = group,
+      callback = function(ev)
+        local client = vim.lsp.get_client_by_id(ev.data.client_id)
+        if client and client.name == CLIENT_NAME then
+          map_own_keys(ev.buf)
+        end
+      end,
+    })
+  end
   api.nvim_create_autocmd({ "CursorMoved", "CursorMovedI", "ModeChanged" }, {
     group = group,
     callback = cursor_moved,
