@@ -439,21 +439,15 @@ class Duet {
     await this.execute(`duet.${which}`, [client.code2ProtocolConverter.asUri(document.uri)]);
   }
 
-  /** Whether the bridge shares `document` with a room: a file under its root that the client syncs. */
+  /** Whether the bridge shares `document` with the room: the client syncs it, and the room has it. */
   private isShared(document: vscode.TextDocument): boolean {
-    // The bridge's root is the first workspace folder (the client's rootUri).
+    // The bridge's root is the first workspace folder (the client's rootUri); room paths use `/`.
     const root = vscode.workspace.workspaceFolders?.[0]?.uri;
-    if (!root || this.status.state === 'idle' || !this.client?.isRunning()) {
+    if (!root || !this.status.files || !this.client?.isRunning() || document.uri.scheme !== 'file') {
       return false;
     }
-    const relative = path.relative(root.fsPath, document.uri.fsPath);
-    return (
-      document.uri.scheme === 'file' &&
-      relative !== '' &&
-      relative.split(path.sep)[0] !== '..' &&
-      !path.isAbsolute(relative) &&
-      vscode.languages.match(this.selector, document) > 0
-    );
+    const relative = path.relative(root.fsPath, document.uri.fsPath).split(path.sep).join('/');
+    return this.status.files.includes(relative) && vscode.languages.match(this.selector, document) > 0;
   }
 
   private stopFollowing(): void {
