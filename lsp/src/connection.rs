@@ -283,6 +283,7 @@ mod tests {
                 index: i,
                 delete: 0,
                 insert: "x".into(),
+                typed: true,
             };
             frames.push(replica.edit("a.txt", &[splice]).unwrap());
             if i % 50 == 0 {

@@ -21,8 +21,16 @@ use yrs::{
 
 use crate::ot::Component;
 
-/// Origin of the transactions this bridge makes, so its own observers skip them.
+/// Origin of the transactions this bridge makes for the user's typing, so its own observers
+/// skip them (and its undo managers track them).
 const LOCAL: &str = "duet-lsp";
+/// Origin of the edits that follow the editor's rewriting of ours (its line breaks): ours
+/// too, but nothing the user's undo should undo.
+const EDITOR_FORM: &str = "duet-lsp/editor-form";
+
+fn ours(origin: Option<&Origin>) -> bool {
+    origin.is_some_and(|o| *o == Origin::from(LOCAL) || *o == Origin::from(EDITOR_FORM))
+}
 
 /// The user's edits within this long of each other are one undo step: a burst of typing.
 const UNDO_CAPTURE_MS: u64 = 500;
@@ -91,10 +99,7 @@ impl Replica {
         let undo_updates: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         let collected = undo_updates.clone();
         doc.observe_update_v1(LOCAL, move |txn, event| {
-            if txn
-                .origin()
-                .is_some_and(|origin| *origin != Origin::from(LOCAL))
-            {
+            if txn.origin().is_some() && !ours(txn.origin()) {
                 collected
                     .lock()
                     .expect("undo updates")
@@ -219,7 +224,7 @@ impl Replica {
         let changes = self.changes.clone();
         let key = path.to_string();
         text.observe(LOCAL, move |txn, event| {
-            if txn.origin() == Some(&Origin::from(LOCAL)) {
+            if ours(txn.origin()) {
                 return;
             }
             let components = event
@@ -288,19 +293,31 @@ impl Replica {
         }
     }
 
-    /// Applies our own splices (UTF-16) to a linked file. Returns the update to send.
+    /// Applies our own splices (UTF-16) to a linked file. Returns the update to send. The
+    /// user's typing and the edits that follow the editor's form go in transactions of their
+    /// own origin, in order, so that undo tracks only the former.
     pub fn edit(&mut self, path: &str, splices: &[crate::shadow::Splice]) -> Option<Vec<u8>> {
         let text = self.text_ref(path)?;
-        let mut txn = self.doc().transact_mut_with(LOCAL);
-        for splice in splices {
-            if splice.delete > 0 {
-                text.remove_range(&mut txn, splice.index as u32, splice.delete as u32);
+        let mut updates = Vec::new();
+        for run in splices.chunk_by(|a, b| a.typed == b.typed) {
+            let origin = if run[0].typed { LOCAL } else { EDITOR_FORM };
+            let mut txn = self.doc().transact_mut_with(origin);
+            for splice in run {
+                if splice.delete > 0 {
+                    text.remove_range(&mut txn, splice.index as u32, splice.delete as u32);
+                }
+                if !splice.insert.is_empty() {
+                    text.insert(&mut txn, splice.index as u32, &splice.insert);
+                }
             }
-            if !splice.insert.is_empty() {
-                text.insert(&mut txn, splice.index as u32, &splice.insert);
-            }
+            updates.push(txn.encode_update_v1());
         }
-        Some(update_frame(txn.encode_update_v1()))
+        let update = match updates.len() {
+            1 => updates.pop()?,
+            _ => yrs::merge_updates_v1(updates.iter().map(Vec::as_slice))
+                .expect("updates this replica encoded merge"),
+        };
+        Some(update_frame(update))
     }
 
     /// Sets our presence. Returns the frame to send.
@@ -374,6 +391,7 @@ mod tests {
             index,
             delete,
             insert: insert.into(),
+            typed: true,
         }
     }
 
@@ -434,6 +452,23 @@ mod tests {
     }
 
     #[test]
+    fn undo_leaves_the_editors_rewriting_of_line_breaks_alone() {
+        let mut a = Replica::new();
+        a.create("f.txt", "x\r\ny\n");
+        a.link("f.txt");
+        a.edit("f.txt", &[splice(0, 0, "typed ")]).unwrap();
+        // The editor wrote the peer's CRLF as LF: the bridge follows it, in the same burst.
+        let form = Splice {
+            typed: false,
+            ..splice(7, 1, "")
+        };
+        a.edit("f.txt", &[form]).unwrap();
+        assert_eq!(a.text("f.txt").unwrap(), "typed x\ny\n");
+        assert_eq!(a.undo("f.txt", History::Undo, 5).0, 1);
+        assert_eq!(a.text("f.txt").unwrap(), "x\ny\n");
+    }
+
+    #[test]
     fn peers_changes_to_linked_files_arrive_as_utf16_deltas() {
         let (mut a, mut b) = (Replica::new(), Replica::new());
         a.create("main.py", "héllo 🎉\n");
@@ -447,6 +482,7 @@ mod tests {
                 index: 8,
                 delete: 0,
                 insert: "世".into(),
+                typed: true,
             }],
         )
         .unwrap();
@@ -528,6 +564,7 @@ mod tests {
                             index: at,
                             delete,
                             insert,
+                            typed: true,
                         }],
                     )
                     .unwrap();
@@ -582,6 +619,7 @@ mod tests {
                                 index,
                                 delete,
                                 insert: "B".into(),
+                                typed: true,
                             }],
                         )
                         .unwrap();

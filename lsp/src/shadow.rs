@@ -124,6 +124,9 @@ pub struct Splice {
     pub index: usize,
     pub delete: usize,
     pub insert: String,
+    /// The user's own edit, which their undo undoes; not the editor's rewriting of ours (its
+    /// line breaks), which only follows the editor.
+    pub typed: bool,
 }
 
 /// What one `didChange` meant for the CRDT.
@@ -573,7 +576,7 @@ impl Shadow {
 
         // 3. The user's own edit.
         self.void_in_flight()?;
-        self.local_edit(op, actual, out)
+        self.local_edit(op, actual, true, out)
     }
 
     /// The editor went back to `base` without telling (Helix's completion preview) and then
@@ -591,7 +594,7 @@ impl Shadow {
         self.pending = since.compose(&self.pending)?;
         self.shadow = base.clone();
         let user = Operation::diff(base, &actual);
-        self.local_edit(user, actual, out)
+        self.local_edit(user, actual, true, out)
     }
 
     /// After an echo in the editor's form `echo`: for any but the exact one, the editor's form
@@ -608,7 +611,7 @@ impl Shadow {
             return Ok(());
         }
         let op = Operation::diff_line_breaks(&self.shadow, &actual);
-        self.local_edit(op, actual, out)
+        self.local_edit(op, actual, false, out)
     }
 
     /// An echo that added a final line break (Neovim appending after its last line, or keeping
@@ -687,6 +690,7 @@ impl Shadow {
         &mut self,
         op: Operation,
         actual: Rope,
+        typed: bool,
         out: &mut LocalEdits,
     ) -> Result<(), ShadowError> {
         debug_assert!(!matches!(
@@ -705,6 +709,7 @@ impl Shadow {
                 index,
                 delete: self.crdt.char_to_utf16_cu(e.end) - index,
                 insert: e.text.clone(),
+                typed,
             });
         }
         out.op = out.op.compose(&user)?;
@@ -977,7 +982,8 @@ mod tests {
             vec![Splice {
                 index: 0,
                 delete: 0,
-                insert: "Z".into()
+                insert: "Z".into(),
+                typed: true
             }]
         );
         assert_eq!(s.crdt_text().to_string(), "ZabcX");
@@ -1178,7 +1184,8 @@ mod tests {
             vec![Splice {
                 index: 12,
                 delete: 0,
-                insert: " world".into()
+                insert: " world".into(),
+                typed: true
             }]
         );
         assert_eq!(s.crdt_text().to_string(), "REMOTE hello world\n");
@@ -1287,7 +1294,8 @@ mod tests {
             vec![Splice {
                 index: 4,
                 delete: 0,
-                insert: "!".into()
+                insert: "!".into(),
+                typed: true
             }]
         );
         let le = s
@@ -1298,7 +1306,8 @@ mod tests {
             vec![Splice {
                 index: 5,
                 delete: 0,
-                insert: "\nc".into()
+                insert: "\nc".into(),
+                typed: true
             }]
         );
         assert_converged(&s, "x\nab!\nc");
@@ -1311,7 +1320,8 @@ mod tests {
             vec![Splice {
                 index: 5,
                 delete: 2,
-                insert: String::new()
+                insert: String::new(),
+                typed: true
             }]
         );
         assert_converged(&s, "x\nab!");

@@ -1567,6 +1567,34 @@ impl FakeEditor {
         .await
     }
 
+    /// `duet.undo` or `duet.redo` of `steps` steps in `path`, as this editor runs it: VS Code
+    /// and Neovim pass the document and the count; Helix's keymap (`editors/helix/config.toml`)
+    /// passes nothing, once per step, and the bridge takes the document last typed in. Returns
+    /// how many steps were done.
+    pub async fn history(&self, command: &str, path: &str, steps: u64) -> u64 {
+        let runs = if self.kind == Kind::Helix {
+            vec![json!([]); steps as usize]
+        } else {
+            vec![json!([self.uri(path), steps])]
+        };
+        let key = if command == "duet.undo" {
+            "undone"
+        } else {
+            "redone"
+        };
+        let mut done = 0;
+        for arguments in runs {
+            let result = self
+                .execute_command(command, arguments)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {command}: {e}\n{}", self.label, self.report()));
+            done += result[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{command} answered {result}"));
+        }
+        done
+    }
+
     /// `textDocument/completion` at a character offset.
     pub async fn completion(&self, path: &str, char_offset: usize) -> Value {
         let (uri, pos) = (self.uri(path), self.position(path, char_offset));
@@ -1829,6 +1857,11 @@ impl FakeEditor {
             doc.helix_saved = Some(doc.text.clone());
         }
         self.completion(path, char_offset).await
+    }
+
+    /// Helix: the text saved at the last completion request, until an item is accepted.
+    pub fn helix_saved(&self, path: &str) -> Option<String> {
+        self.lock().doc(path).helix_saved.clone()
     }
 
     /// Helix: the user accepts an item replacing characters `[start, end)` *of the saved text*

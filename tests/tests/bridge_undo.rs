@@ -26,32 +26,6 @@ fn chars(s: &str) -> usize {
     s.chars().count()
 }
 
-/// Runs `duet.undo` or `duet.redo` for `PATH` in `ed` and returns how many steps it did. Helix
-/// runs it as its keymap does (`editors/helix/config.toml`): no arguments, once per step.
-async fn history(ed: &FakeEditor, command: &str, steps: u64) -> u64 {
-    let runs = if ed.kind == Kind::Helix {
-        vec![json!([]); steps as usize]
-    } else {
-        vec![json!([ed.uri(PATH), steps])]
-    };
-    let key = if command == "duet.undo" {
-        "undone"
-    } else {
-        "redone"
-    };
-    let mut done = 0;
-    for arguments in runs {
-        let result = ed
-            .execute_command(command, arguments)
-            .await
-            .unwrap_or_else(|e| panic!("{command}: {e}\n{}", ed.report()));
-        done += result[key]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{command} answered {result}"));
-    }
-    done
-}
-
 /// The `window/showDocument` selection the bridge sent after `mark`, as (line, character).
 async fn cursor_shown_after(ed: &FakeEditor, mark: usize) -> (u64, u64) {
     let shown = ed
@@ -88,18 +62,18 @@ async fn interleaved_undo(a_kind: Kind, b_kind: Kind) {
 
     // ann's last step: her second line; the cursor goes to where it was.
     let mark = a.mark();
-    assert_eq!(history(&a, "duet.undo", 1).await, 1);
+    assert_eq!(a.history("duet.undo", PATH, 1).await, 1);
     let text = converge(&server, &room, PATH, &eds, WAIT).await;
     assert_eq!(text, "b2 a1 0 b1\n", "only ann's last step is undone");
     assert_eq!(cursor_shown_after(&a, mark).await, (1, 0));
 
     // bob undoes his last step, then ann her first: bob's " b1" stays.
-    assert_eq!(history(&b, "duet.undo", 1).await, 1);
-    assert_eq!(history(&a, "duet.undo", 1).await, 1);
+    assert_eq!(b.history("duet.undo", PATH, 1).await, 1);
+    assert_eq!(a.history("duet.undo", PATH, 1).await, 1);
     let text = converge(&server, &room, PATH, &eds, WAIT).await;
     assert_eq!(text, "0 b1\n");
     // Nothing of ann's is left to undo, and she is told so; the text stays.
-    assert_eq!(history(&a, "duet.undo", 1).await, 0);
+    assert_eq!(a.history("duet.undo", PATH, 1).await, 0);
     a.wait_message("nothing to undo", WAIT, |p| {
         p["message"]
             .as_str()
@@ -108,16 +82,16 @@ async fn interleaved_undo(a_kind: Kind, b_kind: Kind) {
     .await;
 
     // Redo both of ann's steps at once, and bob's; then ann undoes two steps again.
-    assert_eq!(history(&a, "duet.redo", 5).await, 2);
-    assert_eq!(history(&b, "duet.redo", 1).await, 1);
+    assert_eq!(a.history("duet.redo", PATH, 5).await, 2);
+    assert_eq!(b.history("duet.redo", PATH, 1).await, 1);
     let text = converge(&server, &room, PATH, &eds, WAIT).await;
     assert_eq!(text, "b2 a1 0 b1\na2\n");
-    assert_eq!(history(&a, "duet.undo", 2).await, 2);
+    assert_eq!(a.history("duet.undo", PATH, 2).await, 2);
     let text = converge(&server, &room, PATH, &eds, WAIT).await;
     assert_eq!(text, "b2 0 b1\n");
     // Typing clears ann's redo: there is nothing to redo after it.
     a.type_text(PATH, chars("b2 0 b1\n"), "a3").await;
-    assert_eq!(history(&a, "duet.redo", 1).await, 0);
+    assert_eq!(a.history("duet.redo", PATH, 1).await, 0);
     let text = converge(&server, &room, PATH, &eds, WAIT).await;
     assert_eq!(text, "b2 0 b1\na3");
 }
@@ -167,10 +141,10 @@ async fn undo_works_after_a_reconnect() {
     a.wait_status(&["offline"], WAIT).await;
     server.restart().await;
     a.wait_connected(WAIT).await;
-    assert_eq!(history(&a, "duet.undo", 1).await, 1);
+    assert_eq!(a.history("duet.undo", PATH, 1).await, 1);
     let text = converge(&server, &room, PATH, &[&a], WAIT).await;
     assert_eq!(text, "x\n");
-    assert_eq!(history(&a, "duet.redo", 1).await, 1);
+    assert_eq!(a.history("duet.redo", PATH, 1).await, 1);
     let text = converge(&server, &room, PATH, &[&a], WAIT).await;
     assert_eq!(text, "x typed before\n");
 }

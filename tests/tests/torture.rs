@@ -2,7 +2,12 @@
 //! VS Code-like and a scripted Helix-like editor, each with its own `duet-lsp` — make random
 //! edits in three files at once (inserts, deletes, replacements, multi-line text, emoji, CJK,
 //! CRLF text, whole-line moves, VS Code multi-cursor edits, Helix completion previews) with
-//! random pauses, while faults hit them:
+//! random pauses, and do what people do besides typing: type at the very end of a file (with
+//! and without a final line break, which the scripted editors delete and type after), undo a
+//! burst of their own edits and redo it after a pause while the others type, hold Helix's
+//! completion menu open 5–15 s while the others type and then pick an item, rewrite a whole
+//! buffer as a formatter does, and (Neovim) ask for the status and the peers, messages many
+//! lines long, while typing. Meanwhile faults hit them:
 //!
 //! - the server is killed with `SIGKILL` and restarted;
 //! - the Helix-like editor's network is cut for 10 s (silently: a proxy stops carrying
@@ -13,7 +18,8 @@
 //!
 //! Fault times are drawn from the seed, so faults overlap in different ways from seed to seed
 //! (the server may die while the database is down). After the typing stops: every editor's
-//! buffer, every bridge's replica (`duet.status` digests), the server's text, the plain-text
+//! buffer (Neovim's lines: the final line break it keeps outside them may be one the room's
+//! text lacks), every bridge's replica (`duet.status` digests), the server's text, the plain-text
 //! copy in the database and the text a restarted server loads are byte-identical for every
 //! file; every marker typed is there (exactly once unless its line was moved); the stale
 //! joiner's own text was kept in a recovery file; the slow peer was let go.
@@ -153,12 +159,14 @@ impl Faults {
     }
 }
 
-/// What one editor did: its edits, the markers it typed and those it moved with a line.
+/// What one editor did: its edits, the markers it typed and those it moved with a line, and
+/// how many steps it undid (and redid).
 #[derive(Default)]
 struct Typed {
     edits: usize,
     markers: Vec<String>,
     moved: HashSet<String>,
+    undone: u64,
 }
 
 async fn run(seed: u64, edits: usize) -> Summary {
@@ -307,13 +315,14 @@ async fn run(seed: u64, edits: usize) -> Summary {
     let typed = [typed_fakes.0, typed_fakes.1, typed_a, typed_b, typed_stale];
     let total: usize = typed.iter().map(|t| t.edits).sum();
     println!(
-        "  typed {total} edits in {:.1} s ({})",
+        "  typed {total} edits in {:.1} s ({}); undid and redid {} steps",
         (typing_ended - started).as_secs_f64(),
         typed
             .iter()
             .map(|t| t.edits.to_string())
             .collect::<Vec<_>>()
-            .join(" + ")
+            .join(" + "),
+        typed.iter().map(|t| t.undone).sum::<u64>()
     );
 
     // Quiescence: every buffer equals the server's text, and stays so.
@@ -330,7 +339,14 @@ async fn run(seed: u64, edits: usize) -> Summary {
                 fakes.iter().map(|e| (e.label.clone(), e.text(f))).collect();
             for (name, nv) in &mut nvims {
                 let got = nv.lua(name, "return torture.get(...)", json!([f])).await;
-                others.push((name.to_string(), got[1].as_str().unwrap_or("").to_string()));
+                // Neovim's lines are the room's; the final line break it keeps outside its
+                // lines may be one the room's text does not have.
+                let text = got[1].as_str().unwrap_or("");
+                let lines = text
+                    .strip_suffix('\n')
+                    .filter(|t| *t == served)
+                    .unwrap_or(text);
+                others.push((name.to_string(), lines.to_string()));
             }
             for (who, text) in &others {
                 if *text != served {
@@ -678,6 +694,18 @@ enum Op {
         before: usize,
         markers: Vec<String>,
     },
+    /// A formatter's whole-buffer rewrite ([`format`]), as one change of the whole text.
+    Format,
+}
+
+/// What a formatter piped through the buffer does here: strips the spaces that end lines.
+fn format(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| match line.strip_suffix('\n') {
+            Some(content) => format!("{}\n", content.trim_end_matches(' ')),
+            None => line.trim_end_matches(' ').to_string(),
+        })
+        .collect()
 }
 
 /// Every run of marker characters (see [`marker_mask`]) with some context around it.
@@ -712,12 +740,14 @@ fn markers_in(text: &str) -> Vec<String> {
 }
 
 /// Where an edit may begin or end: not inside a marker, not between `\r` and `\n` (no editor
-/// puts a cursor there), and not after the final line break (Neovim keeps it out of its
-/// buffer; every file keeps its last line).
-fn allowed(text: &[char], mask: &[bool], at: usize) -> bool {
-    at < text.len()
+/// puts a cursor there). The very end of the text (after a final line break, or with none) is
+/// where people type too, except in Neovim, whose text as read here ends with the line break
+/// it keeps outside its lines (its end of the last line is one character before).
+fn allowed(text: &[char], mask: &[bool], at: usize, kind: Kind) -> bool {
+    let end = text.len() - usize::from(kind == Kind::Neovim);
+    at <= end
         && (at == 0 || !mask[at - 1] || text[at - 1] == '»')
-        && !(at > 0 && text[at - 1] == '\r' && text[at] == '\n')
+        && !(at > 0 && text[at - 1] == '\r' && text.get(at) == Some(&'\n'))
 }
 
 fn filler(rng: &mut Rng) -> String {
@@ -727,8 +757,8 @@ fn filler(rng: &mut Rng) -> String {
 fn next_op(text: &str, rng: &mut Rng, marker: &str, kind: Kind) -> Option<Op> {
     let chars: Vec<char> = text.chars().collect();
     let mask = marker_mask(&chars);
-    let points: Vec<usize> = (0..chars.len())
-        .filter(|&i| allowed(&chars, &mask, i))
+    let points: Vec<usize> = (0..=chars.len())
+        .filter(|&i| allowed(&chars, &mask, i, kind))
         .collect();
     let at = *rng.pick(&points);
     // A range of 1–8 characters of filler starting at an allowed point.
@@ -736,10 +766,10 @@ fn next_op(text: &str, rng: &mut Rng, marker: &str, kind: Kind) -> Option<Op> {
         let start = *rng.pick(&points);
         let want = 1 + rng.below(8);
         let mut end = start;
-        while end < chars.len() - 1 && end - start < want && !mask[end] {
+        while end < chars.len() && end - start < want && !mask[end] {
             end += 1;
         }
-        while end > start && !allowed(&chars, &mask, end) {
+        while end > start && !allowed(&chars, &mask, end, kind) {
             end -= 1;
         }
         (end > start).then_some((start, end))
@@ -782,7 +812,8 @@ fn next_op(text: &str, rng: &mut Rng, marker: &str, kind: Kind) -> Option<Op> {
                 typed: false,
             }
         }
-        82..=91 => {
+        82..=83 if format(text) != text => Op::Format,
+        84..=91 => {
             let starts: Vec<usize> = std::iter::once(0)
                 .chain(
                     text.match_indices('\n')
@@ -889,10 +920,20 @@ async fn type_fake(ed: &FakeEditor, who: &str, seed: u64, pace: Pace) -> Typed {
     let mut rng = Rng::new(seed);
     let mut typed = Typed::default();
     let mut k = 0;
+    let mut last_file = None;
     while pace.going(typed.edits) {
         let file = *rng.pick(&FILES);
         let marker = format!("«{who}.{k}»");
         k += 1;
+        // Helix: now and then a completion menu held open 5–15 s while the others type, then
+        // an item picked (the marker), after a preview that reverts what they typed meanwhile.
+        if ed.kind == Kind::Helix && typed.edits % 400 == 200 && last_file.is_some() {
+            helix_completion_held(ed, file, &marker, &mut rng).await;
+            typed.edits += 1;
+            typed.markers.push(marker);
+            last_file = Some(file);
+            continue;
+        }
         let mut made = None;
         ed.edit_with(file, |text| {
             match next_op(text, &mut rng, &marker, ed.kind) {
@@ -908,6 +949,10 @@ async fn type_fake(ed: &FakeEditor, who: &str, seed: u64, pace: Pace) -> Typed {
                     made = Some((None, markers));
                     move_edits(text, line, before)
                 }
+                Some(Op::Format) => {
+                    made = Some((None, Vec::new()));
+                    vec![(0, text.chars().count(), format(text))]
+                }
                 None => Vec::new(),
             }
         });
@@ -915,14 +960,40 @@ async fn type_fake(ed: &FakeEditor, who: &str, seed: u64, pace: Pace) -> Typed {
             typed.edits += 1;
             typed.markers.extend(marker);
             typed.moved.extend(moved);
+            last_file = Some(file);
         }
         // Helix completion previews: the version jumps, then the accepted item is sent.
         if ed.kind == Kind::Helix && rng.chance(5) {
             ed.helix_skip_versions(file, 1 + rng.below(3) as i64);
         }
+        // A burst of undo, a pause while the others type, and as many redos.
+        if let Some(file) = last_file.filter(|_| rng.chance(2)) {
+            let steps = 1 + rng.below(3) as u64;
+            let undone = ed.history("duet.undo", file, steps).await;
+            tokio::time::sleep(pace.pause(&mut rng) * 4).await;
+            let redone = ed.history("duet.redo", file, undone).await;
+            assert_eq!(redone, undone, "{}: redo after undo", ed.label);
+            typed.undone += undone;
+        }
         tokio::time::sleep(pace.pause(&mut rng)).await;
     }
     typed
+}
+
+/// Helix: completion requested at a random place of `file`, the menu open 5–15 s (peers' edits
+/// arrive meanwhile), then `item` accepted there.
+async fn helix_completion_held(ed: &FakeEditor, file: &str, item: &str, rng: &mut Rng) {
+    let offset = ed.text(file).chars().count();
+    ed.helix_begin_completion(file, offset).await;
+    let saved: Vec<char> = ed.helix_saved(file).expect("saved").chars().collect();
+    let mask = marker_mask(&saved);
+    let points: Vec<usize> = (0..=saved.len())
+        .filter(|&i| allowed(&saved, &mask, i, Kind::Helix))
+        .collect();
+    let at = *rng.pick(&points);
+    let open = Duration::from_millis(5_000 + rng.below(10_000) as u64);
+    tokio::time::sleep(open).await;
+    ed.helix_accept_completion(file, at, at, item);
 }
 
 /// `duet.status` from a Neovim's bridge.
@@ -956,6 +1027,20 @@ function torture.move(path, tick, line, to)
   if vim.api.nvim_buf_get_changedtick(b) ~= tick then return false end
   vim.api.nvim_buf_call(b, function() vim.cmd(('silent %dmove %d'):format(line, to)) end)
   return true
+end
+function torture.format(path, tick)
+  local b = buf(path)
+  if vim.api.nvim_buf_get_changedtick(b) ~= tick then return false end
+  local lines = vim.api.nvim_buf_get_lines(b, 0, -1, true)
+  for i, l in ipairs(lines) do lines[i] = l:gsub(' +$', '') end
+  vim.api.nvim_buf_set_lines(b, 0, -1, true, lines)
+  return true
+end
+function torture.history(path, command, steps)
+  local r = require('duet').client():request_sync('workspace/executeCommand',
+    { command = command, arguments = { vim.uri_from_bufnr(buf(path)), steps } }, 5000)
+  local result = r and r.result or {}
+  return result.undone or result.redone or 0
 end
 function torture.type(path, tick, row, col, keys)
   local b = buf(path)
@@ -991,6 +1076,7 @@ async fn type_nvim(nv: &mut Nvims, name: &str, who: &str, seed: u64, pace: Pace)
     let mut rng = Rng::new(seed);
     let mut typed = Typed::default();
     let mut k = 0;
+    let mut last_file = None;
     while pace.going(typed.edits) {
         let file = *rng.pick(&FILES);
         let marker = format!("«{who}.{k}»");
@@ -1023,6 +1109,11 @@ async fn type_nvim(nv: &mut Nvims, name: &str, who: &str, seed: u64, pace: Pace)
                 )
                 .await
             }
+            // A formatter's whole-buffer rewrite: every line set anew.
+            Op::Format => {
+                nv.lua(name, "return torture.format(...)", json!([file, tick]))
+                    .await
+            }
             Op::Edit { edits, .. } => {
                 // One change (a paste: Neovim turns CRLF into line breaks).
                 let (a, b, t) = &edits[0];
@@ -1043,7 +1134,35 @@ async fn type_nvim(nv: &mut Nvims, name: &str, who: &str, seed: u64, pace: Pace)
             match op {
                 Op::Edit { marker, .. } => typed.markers.extend(marker),
                 Op::Move { markers, .. } => typed.moved.extend(markers),
+                Op::Format => {}
             }
+            last_file = Some(file);
+        }
+        // A burst of undo, a pause while the others type, and as many redos.
+        if let Some(file) = last_file.filter(|_| rng.chance(2)) {
+            let steps = 1 + rng.below(3) as u64;
+            let history = "return torture.history(...)";
+            let undone = nv
+                .lua(name, history, json!([file, "duet.undo", steps]))
+                .await;
+            tokio::time::sleep(pace.pause(&mut rng) * 4).await;
+            let redone = nv
+                .lua(name, history, json!([file, "duet.redo", undone]))
+                .await;
+            assert_eq!(redone, undone, "{name}: redo after undo");
+            typed.undone += undone.as_u64().unwrap_or(0);
+        }
+        // Messages popping up while typing: the status and the peers, many lines long.
+        if rng.chance(1) {
+            nv.cmd(
+                name,
+                if rng.chance(50) {
+                    "DuetStatus"
+                } else {
+                    "DuetPeers"
+                },
+            )
+            .await;
         }
         tokio::time::sleep(pace.pause(&mut rng)).await;
     }
