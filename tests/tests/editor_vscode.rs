@@ -8,8 +8,9 @@
 //! deleted while connected, and that what they typed meanwhile stays in the editor; a third, that
 //! a join refused while in a room leaves VS Code in that room.
 //! Beside a real Neovim with the duet plugin: VS Code's undo and redo keys take back only VS
-//! Code's own edits, for everyone, and put the cursor there; and VS Code typing on the empty last
-//! line of a file keeps the keys on one line for everyone.
+//! Code's own edits, for everyone, and put the cursor there (in a file that is not shared, and
+//! with the `duet.undo` setting off, Ctrl+Z stays VS Code's own); and VS Code typing on the
+//! empty last line of a file keeps the keys on one line for everyone.
 //!
 //! `tests/run` installs code-server (cached per machine, `tests/vscode/install.sh`) and builds the
 //! `.vsix`; without them this test fails and says so. `tests/vscode/driver.mjs` drives the
@@ -1052,4 +1053,45 @@ async fn vscode_keeps_its_room_when_a_join_fails() {
 
     vscode.quit().await;
     eprintln!("VS Code failed-join test done in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vscode_undo_setting_off_gives_the_keys_back_to_vscode() {
+    let started = Instant::now();
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    let initial = "x = 1\n";
+    let room = server.create_room_with(&[("main.py", initial)]).await;
+    let peer = YClient::join(&server.ws_url(&room)).await;
+
+    let settings = json!({"duet.invite": server.ws_url(&room), "duet.undo": false});
+    let (mut vscode, _) = VsCode::start("vscode-undo-off", &[("main.py", initial)], settings).await;
+    vscode
+        .wait_state("main.py shared", WAIT, |s| s["sharedDocument"] == true)
+        .await;
+
+    // VS Code types, then the peer: VS Code's own undo takes back what changed last, the
+    // peer's edit, as it does without duet.
+    vscode
+        .call(json!({"cmd": "type", "text": "a = 1", "delayMs": 20}))
+        .await;
+    let typed = "x = 1\na = 1";
+    peer.wait_text("main.py", typed, WAIT).await;
+    peer.insert("main.py", 0, "# peer\n");
+    let both = format!("# peer\n{typed}");
+    vscode
+        .wait_state("the peer's line in VS Code", WAIT, |s| {
+            s["active"]["text"] == both.as_str()
+        })
+        .await;
+    vscode
+        .call(json!({"cmd": "press", "key": "Control+z"}))
+        .await;
+    vscode
+        .wait_state("VS Code's own undo", WAIT, |s| s["active"]["text"] == typed)
+        .await;
+    peer.wait_text("main.py", typed, WAIT).await;
+
+    vscode.quit().await;
+    eprintln!("VS Code undo-off test done in {:?}", started.elapsed());
 }
