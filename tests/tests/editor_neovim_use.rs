@@ -500,6 +500,10 @@ async fn a_failed_join_keeps_the_room() {
         Some("other\n")
     );
     assert_eq!(nv.statusline("A").await, statusline);
+    // Said once (the bridge's message, not also the command's error).
+    let said = nv.notes("A").await;
+    let failures = said.iter().filter(|(_, m)| m.contains("token")).count();
+    assert_eq!(failures, 1, "{said:?}");
     nv.quit().await;
 }
 
