@@ -100,7 +100,7 @@ use tower_lsp::lsp_types::{
 };
 
 use crate::encoding::{self, Clamped, PositionEncoding};
-use crate::ot::{Edit, OpError, Operation, Tie};
+use crate::ot::{Component, Edit, OpError, Operation, Tie};
 
 /// Why the shadow cannot go on; the remedy for both is [`Shadow::resync`] with the CRDT's text.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -238,8 +238,9 @@ pub struct Shadow {
     /// The next edit goes out unchecked (see [`Shadow::retry_after_rejection`]).
     unchecked_retry: bool,
     /// The text when the editor last asked for completions (Helix: see
-    /// [`Shadow::completion_requested`]); until its next `didChange`.
-    completion_base: Option<Rope>,
+    /// [`Shadow::completion_requested`]), and our edits it applied since, as one operation
+    /// from that text to the shadow; until the user's next change.
+    completion_base: Option<(Rope, Operation)>,
     /// The editor shows one line break more at the end than the document has: Neovim keeps a
     /// buffer's final line break outside its lines ('eol') and adds one when text is appended
     /// after the last line. That break belongs to the editor's file format, not to the text:
@@ -323,15 +324,13 @@ impl Shadow {
             self.implicit_final_newline = implicit_final_newline;
             out.clamped |= clamped.is_yes();
             // Our edits' echoes leave the text saved for a completion as it was.
-            let restored = self.completion_base.as_ref().filter(|base| {
-                version > self.version + 1
-                    && **base != self.shadow
-                    && undoes_since(base, &self.shadow, &op)
+            let restored = self.completion_base.as_ref().filter(|(_, since)| {
+                version > self.version + 1 && !since.is_noop() && spans_changes_of(&op, since)
             });
             match restored.cloned() {
-                Some(base) => {
+                Some((base, since)) => {
                     self.completion_base = None;
-                    self.editor_restored(&base, op, &mut out)?;
+                    self.editor_restored(&base, &since, op, &mut out)?;
                 }
                 None => {
                     let echoes = out.echoes;
@@ -363,7 +362,8 @@ impl Shadow {
     /// the peers' edits are then sent again, and only the user's completion goes to the CRDT.
     /// However long the menu stays open.
     pub fn completion_requested(&mut self) {
-        self.completion_base = Some(self.shadow.clone());
+        let len = self.shadow.len_chars();
+        self.completion_base = Some((self.shadow.clone(), Operation::identity(len)));
     }
 
     /// Someone else's edit reached the CRDT: `op` applies to [`Shadow::crdt_text`], in chars.
@@ -531,9 +531,10 @@ impl Shadow {
             match &flight.state {
                 Flight::Sent { edit, expected, .. } => {
                     let candidates = self.echo_candidates(edit);
-                    if let Some(echo) = match_candidate(&self.shadow, &candidates, &actual)? {
+                    if let Some(mut echo) = match_candidate(&self.shadow, &candidates, &actual)? {
                         let expected = expected.clone();
-                        let actual = self.leave_out_added_newline(&echo, actual);
+                        let actual = self.leave_out_added_newline(&mut echo, actual);
+                        self.applied_since_completion(&echo)?;
                         self.shadow = expected;
                         self.in_flight = None;
                         out.echoes += 1;
@@ -550,10 +551,8 @@ impl Shadow {
                         // had moved the text. Take its text as it is; `pending` undoes the
                         // misplaced edit and redoes the remote changes where they belong.
                         // (No adoption of the editor's form here: that text is going away.)
-                        let actual = self.leave_out_added_newline(&echo, actual);
-                        if echo.adds_newline {
-                            echo.edit.text.pop();
-                        }
+                        let actual = self.leave_out_added_newline(&mut echo, actual);
+                        self.applied_since_completion(&echo)?;
                         let misplaced = Operation::from_edits(
                             self.shadow.len_chars(),
                             std::slice::from_ref(&echo.edit),
@@ -585,12 +584,12 @@ impl Shadow {
     fn editor_restored(
         &mut self,
         base: &Rope,
+        since: &Operation,
         op: Operation,
         out: &mut LocalEdits,
     ) -> Result<(), ShadowError> {
         let actual = op.apply(&self.shadow)?;
         self.void_in_flight()?;
-        let since = Operation::diff(base, &self.shadow);
         self.pending = since.compose(&self.pending)?;
         self.shadow = base.clone();
         let user = Operation::diff(base, &actual);
@@ -615,14 +614,27 @@ impl Shadow {
     }
 
     /// An echo that added a final line break (Neovim appending after its last line, or keeping
-    /// the break our edit deleted): the break is the editor's, implicit from now on.
-    fn leave_out_added_newline(&mut self, echo: &Echo, mut actual: Rope) -> Rope {
+    /// the break our edit deleted): the break is the editor's, implicit from now on, and left
+    /// out of the echo's edit and of the text it produced.
+    fn leave_out_added_newline(&mut self, echo: &mut Echo, mut actual: Rope) -> Rope {
         if echo.adds_newline {
             let n = actual.len_chars();
             actual.remove(n - 1..n);
+            echo.edit.text.pop();
             self.implicit_final_newline = true;
         }
         actual
+    }
+
+    /// Our edit reached the editor as `echo` (on the shadow): while a completion may be open,
+    /// it is one more edit the editor's restoring would take back.
+    fn applied_since_completion(&mut self, echo: &Echo) -> Result<(), ShadowError> {
+        if let Some((_, since)) = &mut self.completion_base {
+            let len = self.shadow.len_chars();
+            let applied = Operation::from_edits(len, std::slice::from_ref(&echo.edit))?;
+            *since = since.compose(&applied)?;
+        }
+        Ok(())
     }
 
     /// What an editor may make of our edit on the shadow, exact first:
@@ -774,16 +786,28 @@ fn change_op(
     })
 }
 
-/// Whether `op` (on `now`) spans everything that changed from `base` to `now`: what a change
-/// made after going back to `base` must do.
-fn undoes_since(base: &Rope, now: &Rope, op: &Operation) -> bool {
-    let since = Operation::diff(base, now).edits();
-    let change = op.edits();
-    match (since.first(), change.first(), change.last()) {
-        (Some(s), Some(first), Some(last)) => {
-            // `since` is one edit on `base`; on `now` it spans [start, start + inserted).
-            first.start <= s.start && last.end >= s.start + s.inserted_chars()
+/// Whether `op` spans everything `since` changed in the text both apply to and produce: what
+/// a change made after going back to the text before `since` must do.
+fn spans_changes_of(op: &Operation, since: &Operation) -> bool {
+    // Where `since` changed its result: inserted text, and the places of deletions.
+    let (mut at, mut first, mut last) = (0, None, 0);
+    for c in since.components() {
+        match c {
+            Component::Retain(n) => at += n,
+            Component::Insert(s) => {
+                first.get_or_insert(at);
+                at += s.chars().count();
+                last = at;
+            }
+            Component::Delete(_) => {
+                first.get_or_insert(at);
+                last = at;
+            }
         }
+    }
+    let edits = op.edits();
+    match (first, edits.first(), edits.last()) {
+        (Some(first), Some(a), Some(b)) => a.start <= first && b.end >= last,
         _ => false,
     }
 }
@@ -1345,6 +1369,48 @@ mod tests {
         assert_eq!((le.echoes, le.is_empty()), (1, true), "{le:?}");
         assert!(s.implicit_final_newline());
         assert_converged(&s, "x = 1");
+    }
+
+    /// Drives a Helix-like editor: applies and echoes every edit the bridge sends.
+    fn settle_helix(s: &mut Shadow, editor: &mut String, version: &mut i32) {
+        while let Some(e) = s.next_apply_edit().unwrap() {
+            *editor = apply(editor, &e, Utf16);
+            *version += 1;
+            s.editor_changed(*version, &[echo(&e)]).unwrap();
+            s.apply_edit_answered(e.id, true).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_helix_completion_preview_revert_is_undone_and_only_the_item_sent() {
+        // Completion requested on "0123456789\n"; peers edit on both sides of the cursor
+        // while the menu is open; the user previews (Helix restores its saved text, version
+        // +2, unsent) and accepts "ITEM" at 5: one change from what we knew to that.
+        let base = "0123456789\n";
+        let (mut editor, mut version) = (base.to_string(), 1);
+        let mut s = Shadow::new(base, version, Utf16);
+        s.completion_requested();
+        remote(&mut s, 1, 1, "<a>");
+        remote(&mut s, 11, 11, "<b>");
+        settle_helix(&mut s, &mut editor, &mut version);
+        assert_eq!(editor, "0<a>1234567<b>89\n");
+        let accepted = "01234ITEM56789\n";
+        let change = change_on(&editor, 1, 14, "1234ITEM567", Utf16);
+        editor = accepted.to_string();
+        version += 3;
+        let le = s.editor_changed(version, &[change]).unwrap();
+        assert_eq!(
+            le.splices
+                .iter()
+                .map(|sp| sp.insert.as_str())
+                .collect::<Vec<_>>(),
+            vec!["ITEM"],
+            "only the item goes to the room: {le:?}"
+        );
+        assert_eq!(s.crdt_text().to_string(), "0<a>1234ITEM567<b>89\n");
+        settle_helix(&mut s, &mut editor, &mut version);
+        assert_eq!(editor, "0<a>1234ITEM567<b>89\n");
+        assert_converged(&s, &editor);
     }
 
     #[test]
