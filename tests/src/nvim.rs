@@ -165,7 +165,12 @@ impl Nvims {
             .await;
         floats
             .as_array()
-            .map(|a| a.iter().filter_map(|f| f.as_str()).map(String::from).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str())
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

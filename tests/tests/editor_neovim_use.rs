@@ -6,7 +6,8 @@
 //!
 //! - typing at the very end of a file: Neovim's implicit final line break;
 //! - `u` and `<C-r>` undo and redo one's own edits, never a peer's;
-//! - a duet message never takes a key, whatever the width of the screen;
+//! - a duet message never takes a key, whatever the width of the screen, nor does Neovim's
+//!   own word about a peer's edit that came for an old version;
 //! - `:%s` over a whole file reaches peers as small updates, and a peer's edit inside survives;
 //! - a failed `:DuetJoin` keeps the room;
 //! - a buffer that sends invalid UTF-8 is dropped from the room, and the others go on.
@@ -87,7 +88,11 @@ async fn converge(
     text: &str,
 ) {
     for name in names {
-        let lines: Vec<&str> = text.strip_suffix('\n').unwrap_or(text).split('\n').collect();
+        let lines: Vec<&str> = text
+            .strip_suffix('\n')
+            .unwrap_or(text)
+            .split('\n')
+            .collect();
         wait_lines(nv, name, file, &lines).await;
     }
     wait_server(server, room, file, text).await;
@@ -157,8 +162,10 @@ async fn typing_at_the_end_of_a_file_stays_on_one_line() {
         ("main.py", "x = 1\n", &["x = 1", "abc def"][..]),
         ("blank.py", "x = 1\n\n", &["x = 1", "", "abc def"][..]),
     ] {
-        peer.ok(json!({"cmd": "type", "file": file, "text": "abc def", "delayMs": 30, "at": "end"}))
-            .await;
+        peer.ok(
+            json!({"cmd": "type", "file": file, "text": "abc def", "delayMs": 30, "at": "end"}),
+        )
+        .await;
         let after = format!("{before}abc def");
         wait_lines(&mut nv, "A", file, lines).await;
         wait_server(&server, &room, file, &after).await;
@@ -208,15 +215,35 @@ async fn undo_and_redo_change_only_your_own_edits() {
     // Each edit is its own undo step: typed, seen by everyone, and a burst's time apart.
     let edits = [
         // A: "A1 " before "beta".
-        ("A", "ggfbiA1 <Esc>", "alpha A1 beta\ngamma delta\nepsilon zeta\n"),
+        (
+            "A",
+            "ggfbiA1 <Esc>",
+            "alpha A1 beta\ngamma delta\nepsilon zeta\n",
+        ),
         // B: " B1" at the end of line 2.
-        ("B", "2GA B1<Esc>", "alpha A1 beta\ngamma delta B1\nepsilon zeta\n"),
+        (
+            "B",
+            "2GA B1<Esc>",
+            "alpha A1 beta\ngamma delta B1\nepsilon zeta\n",
+        ),
         // A: "A2 " at the start of line 3.
-        ("A", "3GIA2 <Esc>", "alpha A1 beta\ngamma delta B1\nA2 epsilon zeta\n"),
+        (
+            "A",
+            "3GIA2 <Esc>",
+            "alpha A1 beta\ngamma delta B1\nA2 epsilon zeta\n",
+        ),
         // B: "b" inside A's "A1".
-        ("B", "gg0fAab<Esc>", "alpha Ab1 beta\ngamma delta B1\nA2 epsilon zeta\n"),
+        (
+            "B",
+            "gg0fAab<Esc>",
+            "alpha Ab1 beta\ngamma delta B1\nA2 epsilon zeta\n",
+        ),
         // A: a new last line.
-        ("A", "GoA3<Esc>", "alpha Ab1 beta\ngamma delta B1\nA2 epsilon zeta\nA3\n"),
+        (
+            "A",
+            "GoA3<Esc>",
+            "alpha Ab1 beta\ngamma delta B1\nA2 epsilon zeta\nA3\n",
+        ),
     ];
     for (name, keys, text) in edits {
         nv.input(name, keys).await;
@@ -278,7 +305,10 @@ async fn undo_and_redo_change_only_your_own_edits() {
                   return m.desc or ''";
     for key in ["u", "<C-R>"] {
         let desc = nv.lua("A", map_of, json!([key])).await;
-        assert!(desc.as_str().unwrap().starts_with("duet: "), "{key}: {desc}");
+        assert!(
+            desc.as_str().unwrap().starts_with("duet: "),
+            "{key}: {desc}"
+        );
     }
     let ws_c = TempDir::new("nvim-undo-c");
     write(&ws_c.0, file, initial);
@@ -380,6 +410,79 @@ async fn no_message_takes_a_key() {
     server.restart().await;
     wait_server(&server, &room, file, "startbefore after!\n").await;
     assert_not_blocked(&mut nv, "A", "back online").await;
+    nv.quit().await;
+}
+
+/// Typing while a peer types (an 80-column screen): Neovim skips a peer's edit made for a
+/// version it has moved past (the bridge sends it again) and printed "Buffer file:///… newer
+/// than edits.", which, wider than the command line, opened the hit-enter prompt that took the
+/// next key typed. Neovim never waits in a prompt, and everything typed on both sides arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_while_a_peer_types_takes_no_key() {
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    let file = "notes.txt";
+    let room = server.create_room_with(&[(file, "top\nmine\n")]).await;
+    let ws = TempDir::new("nvim-race");
+    write(&ws.0, file, "top\nmine\n");
+    let mut nv = Nvims::spawn().await;
+    nv.start(
+        "A",
+        &ws.0,
+        &[file],
+        joining("ann", "#e06c75", &server.ws_url(&room)),
+    )
+    .await;
+    nv.ui("A", 80, 24).await;
+    nv.wait_statusline("A", &format!("duet: {} · 0 peers", &room.id[..8]))
+        .await;
+    let mut peer = NodeClient::spawn();
+    peer.connect(&server.ws_base(), &room).await;
+    // Count the peer's edits that came for a version Neovim had moved past.
+    nv.lua(
+        "A",
+        "local client = require('duet').client()
+         local handler = client.handlers['workspace/applyEdit']
+         vim.g.stale_edits = 0
+         client.handlers['workspace/applyEdit'] = function(...)
+           local answer = handler(...)
+           if not answer.applied then vim.g.stale_edits = vim.g.stale_edits + 1 end
+           return answer
+         end",
+        json!([]),
+    )
+    .await;
+
+    let theirs = "abcdefghij".repeat(30);
+    let ours = "0123456789".repeat(30);
+    let steps = json!([["keys", "2GA"], ["type", ours], ["keys", "<Esc>"]]);
+    nv.ok(json!({"op": "type", "name": "A", "steps": steps, "seed": 1, "chunk_sleep_ms": 10}))
+        .await;
+    peer.ok(json!({"cmd": "type", "file": file, "text": theirs, "delayMs": 5, "at": 3}))
+        .await;
+    let expected = format!("top{theirs}\nmine{ours}\n");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        assert_not_blocked(&mut nv, "A", "while both type").await;
+        if server.file(&room, file).await.as_deref() == Some(expected.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never had everything typed: {:?}",
+            server.file(&room, file).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nv.ok(json!({"op": "type_wait", "name": "A", "timeout": 50}))
+        .await;
+    converge(&mut nv, &["A"], &server, &room, file, &expected).await;
+    // The race this test is about happened (about a hundred times a run on a 2-core machine).
+    let stale = nv.lua("A", "return vim.g.stale_edits", json!([])).await;
+    assert!(
+        stale.as_i64().unwrap() > 0,
+        "no edit came for an old version"
+    );
     nv.quit().await;
 }
 
@@ -495,10 +598,7 @@ async fn a_failed_join_keeps_the_room() {
     wait_server(&server, &room, file, "one\nafter\n").await;
     bob.append(file, "bob\n");
     wait_lines(&mut nv, "A", file, &["one", "after", "bob"]).await;
-    assert_eq!(
-        server.file(&other, file).await.as_deref(),
-        Some("other\n")
-    );
+    assert_eq!(server.file(&other, file).await.as_deref(), Some("other\n"));
     assert_eq!(nv.statusline("A").await, statusline);
     // Said once (the bridge's message, not also the command's error).
     let said = nv.notes("A").await;

@@ -184,6 +184,23 @@ local function on_show_message(_, params)
   return vim.NIL
 end
 
+--- A peer's edit, from the bridge. Neovim skips an edit made for a version of the buffer it has
+--- moved past (the user typed meanwhile; the bridge then sends it again) and prints "Buffer
+--- file:///… newer than edits.", which, wider than the command line, opens the hit-enter prompt
+--- that takes the next key typed. Such an edit is answered here without a word, and truly: not
+--- applied. Everything else goes to Neovim's handler.
+local function on_apply_edit(err, params, ctx)
+  local first = vim.tbl_get(params or {}, "edit", "documentChanges", 1, "textDocument")
+  local version = first and first.version
+  if type(version) == "number" and version > 0 then
+    local bufnr = vim.uri_to_bufnr(first.uri)
+    if vim.lsp.util.buf_versions[bufnr] > version then
+      return { applied = false, failureReason = "the buffer changed since that version" }
+    end
+  end
+  return vim.lsp.handlers["workspace/applyEdit"](err, params, ctx)
+end
+
 local function redraw()
   pcall(api.nvim_exec_autocmds, "User", { pattern = "DuetStatus", modeline = false })
   vim.cmd("redrawstatus!")
@@ -273,6 +290,7 @@ local function client_config()
       ["duet/status"] = on_status,
       ["duet/peers"] = on_peers,
       ["window/showMessage"] = on_show_message,
+      ["workspace/applyEdit"] = on_apply_edit,
     },
     on_init = function(client)
       vim.schedule(function()
