@@ -194,7 +194,7 @@ local function on_apply_edit(err, params, ctx)
   local version = first and first.version
   if type(version) == "number" and version > 0 then
     local bufnr = vim.uri_to_bufnr(first.uri)
-    if vim.lsp.util.buf_versions[bufnr] > version then
+    if (vim.lsp.util.buf_versions[bufnr] or 0) > version then
       return { applied = false, failureReason = "the buffer changed since that version" }
     end
   end
