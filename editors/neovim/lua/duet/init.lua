@@ -702,7 +702,7 @@ function M.show_peers()
 end
 
 --- :DuetMessages: every message kept, in a floating window; "clear" forgets them.
-function M.show_messages(arg)
+local function show_messages(arg)
   if arg == "clear" then
     messages.clear()
   else
@@ -761,7 +761,7 @@ local function create_commands()
     M.redo(0, o.count)
   end, { count = 1, desc = "duet: redo [count] of your own edits in this buffer" })
   command("DuetMessages", function(o)
-    M.show_messages(o.args)
+    show_messages(o.args)
   end, {
     nargs = "?",
     complete = function()
