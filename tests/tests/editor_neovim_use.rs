@@ -410,6 +410,24 @@ async fn no_message_takes_a_key() {
     server.restart().await;
     wait_server(&server, &room, file, "startbefore after!\n").await;
     assert_not_blocked(&mut nv, "A", "back online").await;
+
+    // What the command line gets always fits, wide characters included.
+    let fitted = nv
+        .lua(
+            "A",
+            "local out = {}
+             for width = 2, 60 do
+               local line = require('duet.messages').fit(..., width)
+               table.insert(out, { width, vim.fn.strdisplaywidth(line), line })
+             end
+             return out",
+            json!(["duet: 世界 🎉 naïve\tcafé, a message of several lines\nthe second"]),
+        )
+        .await;
+    for fit in fitted.as_array().unwrap() {
+        assert!(fit[1].as_i64() <= fit[0].as_i64(), "{fit}");
+        assert!(!fit[2].as_str().unwrap().contains('\n'), "{fit}");
+    }
     nv.quit().await;
 }
 
