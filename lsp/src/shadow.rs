@@ -385,6 +385,7 @@ impl Shadow {
         if self.in_flight.is_some() || self.blocked_by_rejection || self.pending.is_noop() {
             return Ok(None);
         }
+        self.take_implicit_newline_as_the_texts()?;
         self.pending = self.pending.simplify(&self.shadow)?;
         let Some((first, _, rest)) = self.pending.split_first_edit() else {
             return Ok(None);
@@ -624,6 +625,27 @@ impl Shadow {
             self.implicit_final_newline = true;
         }
         actual
+    }
+
+    /// The room's text came to end with a line break where the editor shows its implicit one:
+    /// that break is the text's own from now on. (Sending it would give the editor an empty
+    /// last line more than the others show.)
+    fn take_implicit_newline_as_the_texts(&mut self) -> Result<(), ShadowError> {
+        let ends_with_break = |t: &Rope| t.len_chars() > 0 && t.char(t.len_chars() - 1) == '\n';
+        if !self.implicit_final_newline
+            || ends_with_break(&self.shadow)
+            || !ends_with_break(&self.crdt)
+        {
+            return Ok(());
+        }
+        let len = self.shadow.len_chars();
+        let mut with_break = self.shadow.clone();
+        with_break.insert(len, "\n");
+        let drop_break = Operation::replace(len + 1, len, len + 1, "")?;
+        self.pending = drop_break.compose(&self.pending)?;
+        self.shadow = with_break;
+        self.implicit_final_newline = false;
+        Ok(())
     }
 
     /// Our edit reached the editor as `echo` (on the shadow): while a completion may be open,
@@ -1356,6 +1378,35 @@ mod tests {
         s.editor_changed(8, &[ch(None, "x\nab!")]).unwrap();
         assert!(!s.implicit_final_newline());
         assert_converged(&s, "x\nab!");
+    }
+
+    #[test]
+    fn a_peers_final_line_break_is_the_one_neovim_shows_already() {
+        // "x\na" in the room, shown by Neovim as lines {"x", "a"} with its implicit break. A
+        // peer ends the text with a line break: Neovim shows it already, so nothing is sent
+        // (Neovim would show an empty line more than the others).
+        let mut s = Shadow::new("x\n", 1, Utf8);
+        remote(&mut s, 2, 2, "a");
+        let e = s.next_apply_edit().unwrap().unwrap();
+        s.editor_changed(2, &[ch(Some(e.range), "a\n")]).unwrap();
+        assert!(s.implicit_final_newline());
+        remote(&mut s, 3, 3, "\n");
+        assert_eq!(s.next_apply_edit().unwrap(), None);
+        assert!(!s.implicit_final_newline());
+        assert_converged(&s, "x\na\n");
+        // Text and a break together: the text goes before the break Neovim shows.
+        remote(&mut s, 4, 4, "b");
+        let e = s.next_apply_edit().unwrap().unwrap();
+        s.editor_changed(3, &[ch(Some(e.range), "b\n")]).unwrap();
+        remote(&mut s, 5, 5, "c\n");
+        let e = s.next_apply_edit().unwrap().unwrap();
+        assert_eq!(
+            (e.range, e.new_text.as_str()),
+            (lsp_range((2, 1), (2, 1)), "c")
+        );
+        s.editor_changed(4, &[echo(&e)]).unwrap();
+        assert!(!s.implicit_final_newline());
+        assert_converged(&s, "x\na\nbc\n");
     }
 
     #[test]
