@@ -18,12 +18,13 @@ use tokio::sync::{mpsc, oneshot};
 use tower_lsp::lsp_types::*;
 use tower_lsp::Client;
 
-use crate::config::{find_duet_toml, Invite, Settings};
+use crate::config::{find_duet_toml, host_of, Invite, Settings};
 use crate::connection::{Connection, NetEvent};
 use crate::encoding::{self, PositionEncoding};
 use crate::ot::{Component, Operation};
 use crate::replica::{History, RemoteChange, Replica};
 use crate::shadow::Shadow;
+use crate::tls;
 use crate::workspace::Workspace;
 
 pub const COMMANDS: [&str; 6] = [
@@ -404,7 +405,7 @@ impl Session {
         self.generation += 1;
         let generation = self.generation;
         let events = self.events.clone();
-        let connection = Connection::spawn(invite.ws_url(), move |event| {
+        let connection = Connection::spawn(&invite, self.settings.ca.clone(), move |event| {
             let _ = events.send(Event::Net(generation, event));
         });
         let mut replica = Replica::new();
@@ -914,6 +915,12 @@ impl Session {
         let mut typed_at = None;
         for change in &params.content_changes {
             let (first, old) = affected_lines(doc.shadow.text(), change);
+            // Where the change's text will end, in chars of the text after it.
+            let end = change.range.map(|range| {
+                let (start, _) =
+                    encoding::position_to_char(doc.shadow.text(), range.start, self.encoding);
+                start + change.text.chars().count()
+            });
             match doc
                 .shadow
                 .editor_changed(version, std::slice::from_ref(change))
@@ -923,7 +930,7 @@ impl Session {
                         tracing::warn!(%uri, "didChange had positions out of range; clamped");
                     }
                     if local.echoes == 0 && !local.splices.is_empty() {
-                        typed_at = change_end(change).or(typed_at);
+                        typed_at = end.or(typed_at);
                         doc.undo_cursor = None;
                         self.last_typed = Some(uri.clone());
                     }
@@ -976,11 +983,18 @@ impl Session {
 
     fn cursor(&mut self, params: CursorParams) {
         self.cursor_from_editor = true;
-        let anchor = params.anchor.unwrap_or(params.position);
-        self.set_cursor(&params.uri, anchor, params.position);
+        let Some(doc) = self.docs.get(&params.uri) else {
+            return;
+        };
+        let text = doc.shadow.text();
+        let char_at = |p: Position| encoding::position_to_char(text, p, self.encoding).0;
+        let head = char_at(params.position);
+        let anchor = params.anchor.map_or(head, char_at);
+        self.set_cursor(&params.uri, anchor, head);
     }
 
-    fn set_cursor(&mut self, uri: &Url, anchor: Position, head: Position) {
+    /// Our cursor, in chars of the document's text (the editor's).
+    fn set_cursor(&mut self, uri: &Url, anchor: usize, head: usize) {
         let Some(doc) = self.docs.get(uri).filter(|d| d.linked) else {
             return;
         };
@@ -988,10 +1002,7 @@ impl Session {
             return;
         };
         let text = doc.shadow.text();
-        let to_utf16 = |p: Position| {
-            let (c, _) = encoding::position_to_char(text, p, self.encoding);
-            encoding::char_to_utf16(text, c).0
-        };
+        let to_utf16 = |c: usize| encoding::char_to_utf16(text, c).0;
         self.presence = Some(json!({
             "user": self.user(),
             "cursor": {"file": path, "anchor": to_utf16(anchor), "head": to_utf16(head)},
@@ -1375,16 +1386,27 @@ impl Session {
             .filter_map(|d| Some((d.path.clone()?, json!(d.shadow.text().to_string()))))
             .collect();
         let events = self.events.clone();
+        let ca = self.settings.ca.clone();
         tokio::spawn(async move {
             let result = async {
-                let base = server.trim_end_matches('/').replacen("ws://", "http://", 1);
-                let response = reqwest::Client::new()
+                let base = server
+                    .trim_end_matches('/')
+                    .replacen("ws://", "http://", 1)
+                    .replacen("wss://", "https://", 1);
+                let http = match base.starts_with("https://") {
+                    true => tls::http_client(tls::client_config(ca.as_deref())?)?,
+                    false => reqwest::Client::new(),
+                };
+                let response = http
                     .post(format!("{base}/rooms"))
                     .json(&json!({"files": files}))
                     .timeout(Duration::from_secs(10))
                     .send()
                     .await
-                    .map_err(|e| format!("{base} is not reachable: {e}"))?;
+                    .map_err(|e| match tls::explain(&e, host_of(&base)) {
+                        Some(why) => why,
+                        None => format!("{base} is not reachable: {e}"),
+                    })?;
                 let status = response.status();
                 let body: Value = response
                     .json()
@@ -1538,25 +1560,6 @@ fn lines(text: &Rope, first: usize, last: usize) -> String {
         text.len_chars()
     };
     text.slice(start..end).to_string()
-}
-
-fn change_end(change: &TextDocumentContentChangeEvent) -> Option<Position> {
-    let range = change.range?;
-    let lines: Vec<&str> = change.text.split('\n').collect();
-    let last = lines.last().copied().unwrap_or_default();
-    // The position after the inserted text, counted in UTF-16 units as an approximation: it
-    // only places our cursor for peers to see.
-    Some(if lines.len() > 1 {
-        Position::new(
-            range.start.line + lines.len() as u32 - 1,
-            last.encode_utf16().count() as u32,
-        )
-    } else {
-        Position::new(
-            range.start.line,
-            range.start.character + last.encode_utf16().count() as u32,
-        )
-    })
 }
 
 /// A colour for someone who chose none, from their name: people in one room without colours

@@ -361,3 +361,36 @@ async fn a_peers_edit_does_not_move_our_presence() {
     };
     assert_ne!(color("ann"), color("bob"), "{:?}", watcher.peers());
 }
+
+/// Where we typed, as peers see our cursor, is counted right in every position encoding: a
+/// UTF-8 editor typing non-ASCII text after non-ASCII text, on one line and over two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_cursor_after_typing_non_ascii_is_right_in_utf8() {
+    let (_db, server) = start().await;
+    let initial = "héllo\n";
+    let room = server.create_room_with(&[("notes.txt", initial)]).await;
+    let ann = FakeEditor::builder(Kind::Helix)
+        .label("ann")
+        .position_encodings(Some(&["utf-8"]))
+        .join(&server, &room, "notes.txt")
+        .await;
+    assert_eq!(ann.encoding().name(), "utf-8");
+    let watcher = YClient::join(&server.ws_url(&room)).await;
+    let head = || {
+        watcher
+            .peers()
+            .iter()
+            .find(|p| p["user"]["name"] == "ann")
+            .and_then(|p| p["cursor"]["head"].as_u64())
+    };
+    ann.insert("notes.txt", 5, "üß");
+    duet_e2e::eventually(WAIT, "ann's cursor after üß", || async {
+        (head() == Some(utf16("hélloüß").into())).then_some(())
+    })
+    .await;
+    ann.insert("notes.txt", 7, "ñ\n😀é");
+    duet_e2e::eventually(WAIT, "ann's cursor after 😀é on the next line", || async {
+        (head() == Some(utf16("hélloüßñ\n😀é").into())).then_some(())
+    })
+    .await;
+}
