@@ -14,12 +14,22 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
 
+use crate::server::TempDir;
 use crate::{binary, workspace};
 
 /// The longest any one request to the driver may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for something to show up in an editor.
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A scratch workspace for a Neovim, holding `files` (path, text) on disk.
+pub fn workspace_with(label: &str, files: &[(&str, &str)]) -> TempDir {
+    let dir = TempDir::new(label);
+    for (path, text) in files {
+        std::fs::write(dir.0.join(path), text).expect("write workspace file");
+    }
+    dir
+}
 
 // ---------------------------------------------------------------------------------------------
 // The driver.

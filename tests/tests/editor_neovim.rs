@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use duet_e2e::binary;
-use duet_e2e::nvim::{Nvims, WAIT};
+use duet_e2e::nvim::{workspace_with, Nvims, WAIT};
 use duet_e2e::server::{Backend, Database, RoomRef, Server, TempDir};
 use duet_e2e::yclient::YClient;
 use serde_json::{json, Value};
@@ -18,10 +18,6 @@ use tokio::time::Instant;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-fn write(dir: &std::path::Path, file: &str, text: &str) {
-    std::fs::write(dir.join(file), text).expect("write workspace file");
-}
 
 /// UTF-16 offset of byte `byte` of `text` (what Yjs peers send).
 fn utf16(text: &str, byte: usize) -> u32 {
@@ -74,8 +70,7 @@ async fn commands_statusline_follow_and_health() {
     let server = Server::start(&db, &[]).await;
     let text = "def main():\n    print('hello')\n\nmain()\n";
     let room = server.create_room_with(&[("main.py", text)]).await;
-    let ws = TempDir::new("nvim-ws");
-    write(&ws.0, "main.py", text);
+    let ws = workspace_with("nvim-ws", &[("main.py", text)]);
 
     let mut nv = Nvims::spawn().await;
     nv.start("A", &ws.0, &["main.py"], setup("ann", "#e06c75"))
@@ -309,8 +304,7 @@ async fn peer_cursors_are_extmarks() {
     let server = Server::start(&db, &[]).await;
     let text = "x = 1\ns = '🎉 é 世界 ok'\ny = 2\n";
     let room = server.create_room_with(&[("main.py", text)]).await;
-    let ws = TempDir::new("nvim-ws");
-    write(&ws.0, "main.py", text);
+    let ws = workspace_with("nvim-ws", &[("main.py", text)]);
 
     let mut nv = Nvims::spawn().await;
     let mut options = setup("ann", "#e06c75");
@@ -474,8 +468,7 @@ async fn errors_are_notified_and_nothing_is_lost() {
     const WARN: i64 = 3;
     let db = Database::new(Backend::Sqlite);
     let server = Server::start(&db, &[]).await;
-    let ws = TempDir::new("nvim-ws");
-    write(&ws.0, "notes.txt", "mine\n");
+    let ws = workspace_with("nvim-ws", &[("notes.txt", "mine\n")]);
     let mut nv = Nvims::spawn().await;
     let mut options = setup("ann", "#e06c75");
     options["connect_timeout_ms"] = json!(1500);
@@ -619,8 +612,8 @@ async fn two_neovims_and_a_peer_typing_at_once_converge() {
     let server = Server::start(&db, &[]).await;
     let initial = "# shared\n@HOT@\n@A@\n@B@\n@Y@\n";
     let room = server.create_room_with(&[("shared.txt", initial)]).await;
-    let (ws_a, ws_b) = (TempDir::new("nvim-a"), TempDir::new("nvim-b"));
-    write(&ws_a.0, "shared.txt", initial);
+    let ws_a = workspace_with("nvim-a", &[("shared.txt", initial)]);
+    let ws_b = TempDir::new("nvim-b");
     // B has no copy on disk: it gets the room's text when it joins.
 
     let mut nv = Nvims::spawn().await;

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use duet_e2e::eventually;
 use duet_e2e::node::NodeClient;
-use duet_e2e::nvim::{Nvims, WAIT};
-use duet_e2e::server::{Backend, Database, RoomRef, Server, TempDir};
+use duet_e2e::nvim::{workspace_with, Nvims, WAIT};
+use duet_e2e::server::{Backend, Database, RoomRef, Server};
 use duet_e2e::yclient::YClient;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -30,10 +30,6 @@ const UNDO_BURST: Duration = Duration::from_millis(600);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-fn write(dir: &std::path::Path, file: &str, text: &str) {
-    std::fs::write(dir.join(file), text).expect("write workspace file");
-}
 
 /// The plugin's options for a Neovim named `name` that joins `invite` at start.
 fn joining(name: &str, color: &str, invite: &str) -> Value {
@@ -138,11 +134,8 @@ async fn typing_at_the_end_of_a_file_stays_on_one_line() {
         ("absent.py", "x = 1\ny = 2"),
     ];
     let room = server.create_room_with(&files).await;
-    let ws = TempDir::new("nvim-eof");
     // Every file on disk as the room has it, but absent.py, which only the room has.
-    for (file, text) in &files[..3] {
-        write(&ws.0, file, text);
-    }
+    let ws = workspace_with("nvim-eof", &files[..3]);
     let mut nv = Nvims::spawn().await;
     nv.start(
         "A",
@@ -197,9 +190,8 @@ async fn undo_and_redo_change_only_your_own_edits() {
     let file = "notes.txt";
     let initial = "alpha beta\ngamma delta\nepsilon zeta\n";
     let room = server.create_room_with(&[(file, initial)]).await;
-    let (ws_a, ws_b) = (TempDir::new("nvim-undo-a"), TempDir::new("nvim-undo-b"));
-    write(&ws_a.0, file, initial);
-    write(&ws_b.0, file, initial);
+    let ws_a = workspace_with("nvim-undo-a", &[(file, initial)]);
+    let ws_b = workspace_with("nvim-undo-b", &[(file, initial)]);
     let mut nv = Nvims::spawn().await;
     for (name, dir, color) in [("A", &ws_a, "#e06c75"), ("B", &ws_b, "#61afef")] {
         let options = joining(&format!("nvim-{name}"), color, &server.ws_url(&room));
@@ -310,8 +302,7 @@ async fn undo_and_redo_change_only_your_own_edits() {
             "{key}: {desc}"
         );
     }
-    let ws_c = TempDir::new("nvim-undo-c");
-    write(&ws_c.0, file, initial);
+    let ws_c = workspace_with("nvim-undo-c", &[(file, initial)]);
     nv.start("C", &ws_c.0, &[file], json!({"undo": false}))
         .await;
     nv.wait_for(
@@ -344,8 +335,7 @@ async fn no_message_takes_a_key() {
     let mut server = Server::start(&db, &[]).await;
     let file = "notes.txt";
     let room = server.create_room_with(&[(file, "start\n")]).await;
-    let ws = TempDir::new("nvim-narrow");
-    write(&ws.0, file, "start\n");
+    let ws = workspace_with("nvim-narrow", &[(file, "start\n")]);
     let mut nv = Nvims::spawn().await;
     nv.start(
         "A",
@@ -441,8 +431,7 @@ async fn typing_while_a_peer_types_takes_no_key() {
     let server = Server::start(&db, &[]).await;
     let file = "notes.txt";
     let room = server.create_room_with(&[(file, "top\nmine\n")]).await;
-    let ws = TempDir::new("nvim-race");
-    write(&ws.0, file, "top\nmine\n");
+    let ws = workspace_with("nvim-race", &[(file, "top\nmine\n")]);
     let mut nv = Nvims::spawn().await;
     nv.start(
         "A",
@@ -521,8 +510,7 @@ async fn a_wide_substitution_sends_only_what_differs() {
     };
     let before = text_with(&|n| if n == 2 || n == 999 { "foo" } else { "bar" });
     let room = server.create_room_with(&[(file, &before)]).await;
-    let ws = TempDir::new("nvim-wide");
-    write(&ws.0, file, &before);
+    let ws = workspace_with("nvim-wide", &[(file, &before)]);
     let mut nv = Nvims::spawn().await;
     nv.start(
         "A",
@@ -577,8 +565,7 @@ async fn a_failed_join_keeps_the_room() {
     let file = "notes.txt";
     let room = server.create_room_with(&[(file, "one\n")]).await;
     let other = server.create_room_with(&[(file, "other\n")]).await;
-    let ws = TempDir::new("nvim-join");
-    write(&ws.0, file, "one\n");
+    let ws = workspace_with("nvim-join", &[(file, "one\n")]);
     let mut nv = Nvims::spawn().await;
     nv.start(
         "A",
@@ -638,9 +625,10 @@ async fn invalid_utf8_drops_only_that_file() {
     let room = server
         .create_room_with(&[("a.txt", "café au lait\n"), ("b.txt", "other\n")])
         .await;
-    let ws = TempDir::new("nvim-utf8");
-    write(&ws.0, "a.txt", "café au lait\n");
-    write(&ws.0, "b.txt", "other\n");
+    let ws = workspace_with(
+        "nvim-utf8",
+        &[("a.txt", "café au lait\n"), ("b.txt", "other\n")],
+    );
     let mut nv = Nvims::spawn().await;
     nv.start(
         "A",
