@@ -572,13 +572,16 @@ impl Operation {
     }
 
     /// The same effect with each replacement trimmed of the text it deletes and re-inserts
-    /// unchanged at its start or end (such replacements come from composing an inverse).
+    /// unchanged at its start (such replacements come from composing an inverse, or changes
+    /// of several peers). Not at its end: the character kept there would stand for a different
+    /// one of the new text, and what the user types before it meanwhile would land inside the
+    /// new text instead of after it (a peer's word split by someone's keystroke).
     pub fn simplify(&self, base: &Rope) -> Result<Operation, OpError> {
         self.check_base(base.len_chars())?;
         let edits: Vec<Edit> = self
             .edits()
             .into_iter()
-            .filter_map(|e| trim_edit(base, e))
+            .filter_map(|e| trim_start(base, e))
             .collect();
         Operation::from_edits(self.base_len, &edits)
     }
@@ -825,6 +828,19 @@ fn align_to_lines(base: &Rope, e: Edit) -> Edit {
         }
     }
     e
+}
+
+/// Like [`trim_edit`], at the start only.
+fn trim_start(base: &Rope, e: Edit) -> Option<Edit> {
+    let new: Vec<char> = e.text.chars().collect();
+    let prefix = base
+        .slice(e.start..e.end)
+        .chars()
+        .zip(new.iter())
+        .take_while(|(a, b)| a == *b)
+        .count();
+    let (start, text): (usize, String) = (e.start + prefix, new[prefix..].iter().collect());
+    (start != e.end || !text.is_empty()).then(|| Edit::new(start, e.end, text))
 }
 
 fn trim_edit(base: &Rope, e: Edit) -> Option<Edit> {
@@ -1122,12 +1138,12 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn simplify_trims_unchanged_ends() {
+    fn simplify_trims_unchanged_starts() {
         let base = Rope::from_str("hello world");
         let o = Operation::replace(11, 0, 11, "hello there world").unwrap();
         assert_eq!(
             o.simplify(&base).unwrap().edits(),
-            vec![Edit::new(6, 6, "there ")]
+            vec![Edit::new(6, 11, "there world")]
         );
         let same = Operation::replace(11, 2, 5, "llo").unwrap();
         assert!(same.simplify(&base).unwrap().is_noop());

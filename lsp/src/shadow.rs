@@ -1465,6 +1465,21 @@ mod tests {
     }
 
     #[test]
+    fn typing_before_a_character_the_room_replaced_stays_after_the_new_text() {
+        // The room replaced "»" with "«v»" (a peer's marker deleted, another's typed there).
+        // The user types before the old "»" while that edit is on its way: the typing goes
+        // after the new text, not into it ("«v" + typed + "»" if the edit kept the old "»").
+        let mut s = Shadow::new("🎉»x", 1, Utf16);
+        remote(&mut s, 1, 2, "«v»");
+        let e = s.next_apply_edit().unwrap().unwrap();
+        assert_eq!(e.new_text, "«v»");
+        s.editor_changed(2, &[change_on("🎉»x", 1, 1, "U", Utf16)])
+            .unwrap();
+        s.apply_edit_answered(e.id, false).unwrap();
+        assert_eq!(s.crdt_text().to_string(), "🎉«v»Ux");
+    }
+
+    #[test]
     fn noop_change_does_not_void_the_edit_in_flight() {
         let mut s = Shadow::new("abc", 1, Utf16);
         remote(&mut s, 0, 0, "X");
