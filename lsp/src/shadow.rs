@@ -88,7 +88,7 @@
 //!   the user sees until the repair arrives; what the user types into the damage stays.
 //! - Helix's completion preview can revert a peer's edit without a `didChange` and then send
 //!   the revert as the user's own change; the session must hold back `next_apply_edit` while
-//!   a Helix completion session may be open (see `editors-helix.md`).
+//!   a Helix completion session may be open (see `docs/design.md`).
 
 use std::ops::Range as CharRange;
 

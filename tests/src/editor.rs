@@ -1,7 +1,7 @@
 //! A scripted LSP client that behaves towards `duet-lsp` the way VS Code, Neovim and Helix do,
-//! as measured in `DESIGN.md`'s fact sheets (`editors-neovim.md`, `editors-helix.md`,
-//! `vscode-e2e/README.md`). It starts the real bridge binary over stdio, keeps its own buffers
-//! and versions, answers the bridge's requests and records what the bridge tells the user.
+//! as measured (`docs/design.md`, "How the editors behave"). It starts the real bridge binary
+//! over stdio, keeps its own buffers and versions, answers the bridge's requests and records
+//! what the bridge tells the user.
 //!
 //! What each [`Kind`] does differently:
 //! - **VS Code**: utf-16 only; `workspace/applyEdit` with a version other than the buffer's is

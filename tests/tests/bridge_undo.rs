@@ -1,4 +1,4 @@
-//! Undo means "my own edits" (DESIGN.md): `duet.undo` / `duet.redo` undo and redo only the
+//! Undo means "my own edits" (`docs/design.md`): `duet.undo` / `duet.redo` undo and redo only the
 //! edits this editor's user made, as a change of the room that every peer receives, and put
 //! the cursor where the text changed. Through every kind of scripted editor, a real server and
 //! a stock Yjs peer.

@@ -855,7 +855,7 @@ fn next_op(text: &str, rng: &mut Rng, marker: &str, kind: Kind) -> Option<Op> {
         }
         _ => insert(filler(rng), None, true),
     };
-    // Neovim reports changes as a diff of the lines (`editors-neovim.md`): a text inserted
+    // Neovim reports changes as a diff of the lines (`docs/design.md`): a text inserted
     // inside a line right before a character it starts with is reported one character further
     // on (a new marker takes the old one's `«`, and a new `«` goes to the old one). The texts are
     // the same, but a peer deleting or moving the old one at that moment takes the new one's
