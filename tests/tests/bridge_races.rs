@@ -1,5 +1,5 @@
-//! The races between an editor and the bridge, one test per editor behaviour (`docs/design.md`, "How
-//! the three editors behave"): a remote edit on its way while the person types (VS Code and
+//! The races between an editor and the bridge, one test per editor behaviour (`docs/design.md`,
+//! "How the editors behave"): a remote edit on its way while the person types (VS Code and
 //! Helix answer `applied: false`, Neovim drops it and answers `applied: true`), Neovim's 150 ms
 //! batching, Helix's version gaps and its completion preview that reverts a peer's edit.
 //!
