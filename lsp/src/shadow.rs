@@ -292,10 +292,6 @@ impl Shadow {
         self.version
     }
 
-    pub fn encoding(&self) -> PositionEncoding {
-        self.encoding
-    }
-
     /// True if the editor has everything: nothing pending, nothing in flight.
     pub fn is_settled(&self) -> bool {
         self.in_flight.is_none() && self.pending.is_noop()

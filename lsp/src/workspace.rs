@@ -17,7 +17,6 @@ impl Workspace {
     /// The root the editor names (`rootUri`, else the first workspace folder), else the
     /// directory the editor started us in (Helix without a root marker sends neither).
     pub fn from_initialize(params: &InitializeParams) -> Workspace {
-        #[allow(deprecated)]
         // rootUri is deprecated in favour of folders, but editors still send it.
         let root_uri = params.root_uri.clone();
         let root = root_uri

@@ -260,14 +260,6 @@ impl IdentifierIndex {
         index
     }
 
-    pub fn from_texts<'t>(texts: impl IntoIterator<Item = &'t str>) -> Self {
-        let mut index = Self::new();
-        for text in texts {
-            index.add_text(text);
-        }
-        index
-    }
-
     /// Counts the identifiers of `text` in, without tracking it as a document.
     pub fn add_text(&mut self, text: &str) {
         for (word, n) in word_counts(text) {
@@ -329,11 +321,6 @@ impl IdentifierIndex {
 
     pub fn has_document(&self, id: &str) -> bool {
         self.documents.contains_key(id)
-    }
-
-    /// Ids of the tracked documents, sorted.
-    pub fn documents(&self) -> impl Iterator<Item = &str> + '_ {
-        self.documents.keys().map(String::as_str)
     }
 
     /// How often `word` occurs over all texts.
