@@ -1,8 +1,9 @@
 //! What Neovim really does, with the plugin (`editors/neovim`) in real headless Neovims 0.11,
 //! each with its own real `duet-lsp`, a real `duet-server` and the stock Yjs client
 //! (`tests/node/client.mjs`) as a peer: the cases measured in real use where someone's work
-//! was lost or Neovim got in the way (`/work/shared/editors-neovim.md`, "Measured with duet in
-//! real use"). Each test fails when its case comes back:
+//! was lost or Neovim got in the way (`docs/design.md`, "How the editors behave (measured),
+//! and what the bridge does about it", and "Undo means your own edits"). Each test fails when
+//! its case comes back:
 //!
 //! - typing at the very end of a file: Neovim's implicit final line break;
 //! - `u` and `<C-r>` undo and redo one's own edits, never a peer's;
