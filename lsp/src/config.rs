@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum InviteError {
-    #[error("an invite looks like ws://HOST:PORT/ws/<room>?token=<token>; got {0:?}")]
+    #[error("an invite looks like ws://HOST:PORT/ws/<room>?token=<token> (or wss://); got {0:?}")]
     Shape(String),
     #[error("the invite's room id {0:?} is not a UUID")]
     RoomId(String),
@@ -57,18 +57,24 @@ impl Invite {
         })
     }
 
-    /// The WebSocket URL to connect to, token included.
+    /// The room's WebSocket URL, without the token: the bridge sends that in a header, so
+    /// that it never reaches a proxy's access log.
     pub fn ws_url(&self) -> String {
         let base = self
             .server
             .replacen("https://", "wss://", 1)
             .replacen("http://", "ws://", 1);
-        format!("{base}/ws/{}?token={}", self.room, self.token)
+        format!("{base}/ws/{}", self.room)
+    }
+
+    /// `HOST:PORT` as the invite names it, for messages.
+    pub fn host(&self) -> &str {
+        host_of(&self.server)
     }
 
     /// The invite as a person pastes it.
     pub fn to_invite_string(&self) -> String {
-        self.ws_url()
+        format!("{}?token={}", self.ws_url(), self.token)
     }
 }
 
@@ -85,6 +91,9 @@ pub struct Settings {
     /// Show peers' cursors as hint diagnostics (for editors without our plugin, e.g. Helix).
     #[serde(rename = "peerDiagnostics", alias = "peer_diagnostics")]
     pub peer_diagnostics: Option<bool>,
+    /// A PEM file of CA certificates trusted besides the system's, for a server whose
+    /// certificate comes from a private CA. Relative to the `.duet.toml` that names it.
+    pub ca: Option<PathBuf>,
 }
 
 impl Settings {
@@ -98,6 +107,7 @@ impl Settings {
             name: other.name.or(self.name),
             color: other.color.or(self.color),
             peer_diagnostics: other.peer_diagnostics.or(self.peer_diagnostics),
+            ca: other.ca.or(self.ca),
         }
     }
 
@@ -111,11 +121,17 @@ impl Settings {
             name: var("DUET_NAME"),
             color: var("DUET_COLOR"),
             peer_diagnostics: var("DUET_PEER_DIAGNOSTICS").map(|v| v == "1" || v == "true"),
+            ca: var("DUET_CA_FILE").map(PathBuf::from),
         }
     }
 
     pub fn from_toml(text: &str, source: &Path) -> Result<Settings, String> {
-        toml::from_str(text).map_err(|e| format!("{}: {e}", source.display()))
+        let mut settings: Settings =
+            toml::from_str(text).map_err(|e| format!("{}: {e}", source.display()))?;
+        if let (Some(ca), Some(dir)) = (&settings.ca, source.parent()) {
+            settings.ca = Some(dir.join(ca));
+        }
+        Ok(settings)
     }
 
     /// The room these settings name, if they name one. An invite wins over separate fields.
@@ -141,6 +157,11 @@ impl Settings {
     }
 }
 
+/// `HOST:PORT` of a server's URL.
+pub fn host_of(server: &str) -> &str {
+    server.split_once("://").map_or(server, |(_, host)| host)
+}
+
 /// The nearest `.duet.toml` at or above `start`.
 pub fn find_duet_toml(start: &Path) -> Option<PathBuf> {
     start
@@ -161,14 +182,16 @@ mod tests {
         assert_eq!(invite.server, "http://127.0.0.1:8000");
         assert_eq!(invite.room.to_string(), ROOM);
         assert_eq!(invite.token, "abc");
+        assert_eq!(invite.ws_url(), format!("ws://127.0.0.1:8000/ws/{ROOM}"));
         assert_eq!(
-            invite.ws_url(),
+            invite.to_invite_string(),
             format!("ws://127.0.0.1:8000/ws/{ROOM}?token=abc")
         );
         let secure =
             Invite::parse(&format!(" \"wss://duet.example/ws/{ROOM}?x=1&token=t\" ")).unwrap();
         assert_eq!(secure.server, "https://duet.example");
-        assert!(secure.ws_url().starts_with("wss://duet.example/ws/"));
+        assert_eq!(secure.host(), "duet.example");
+        assert_eq!(secure.ws_url(), format!("wss://duet.example/ws/{ROOM}"));
     }
 
     #[test]
@@ -207,6 +230,8 @@ mod tests {
         assert_eq!(merged.name.as_deref(), Some("bob"));
         let invite = merged.invite().unwrap().unwrap();
         assert_eq!(invite.server, "http://h:1");
+        let ca = Settings::from_toml("ca = \"certs/ca.pem\"", Path::new("/w/.duet.toml")).unwrap();
+        assert_eq!(ca.ca.as_deref(), Some(Path::new("/w/certs/ca.pem")));
         assert!(Settings::from_toml("nmae = 1", Path::new("x.toml"))
             .unwrap_err()
             .contains("x.toml"));

@@ -10,17 +10,30 @@
 //! bridge pings every [`PING_EVERY`] and gives the connection up after [`SILENCE_LIMIT`]
 //! without a frame from the server, so the user is told and the bridge reconnects; connecting
 //! and sending are bounded by the same limit.
+//!
+//! The token goes in an `Authorization` header, never in the URL. Over `wss://` the server's
+//! certificate is checked against [`crate::tls::client_config`]; a certificate refused before
+//! the first connection ends the join with an explanation (retrying would only repeat it), one
+//! refused later (the server's certificate changed) is reported and retried.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION};
 use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::Connector;
 use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
+
+use crate::config::Invite;
+use crate::tls;
 
 /// What happened on the wire.
 #[derive(Debug)]
@@ -45,10 +58,21 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Starts connecting to `url` (token included); `emit` receives every event.
-    pub fn spawn(url: String, emit: impl Fn(NetEvent) + Send + 'static) -> Connection {
+    /// Starts connecting to `invite`'s room, trusting `ca` besides the system's roots over
+    /// `wss://`; `emit` receives every event.
+    pub fn spawn(
+        invite: &Invite,
+        ca: Option<PathBuf>,
+        emit: impl Fn(NetEvent) + Send + 'static,
+    ) -> Connection {
         let (outgoing, frames) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(url, frames, emit));
+        let target = Target {
+            url: invite.ws_url(),
+            token: invite.token.clone(),
+            host: invite.host().to_string(),
+            ca,
+        };
+        let task = tokio::spawn(run(target, frames, emit));
         Connection { outgoing, task }
     }
 
@@ -71,15 +95,60 @@ pub const PING_EVERY: Duration = Duration::from_secs(2);
 /// lost; also the limit for connecting and for sending one frame.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(6);
 
-async fn run(url: String, mut frames: mpsc::UnboundedReceiver<Vec<u8>>, emit: impl Fn(NetEvent)) {
+/// Where to connect and how.
+struct Target {
+    /// The room's WebSocket URL, without the token.
+    url: String,
+    token: String,
+    /// `HOST:PORT`, for messages.
+    host: String,
+    ca: Option<PathBuf>,
+}
+
+impl Target {
+    /// The handshake request, with the token in its header; and the TLS set-up for `wss://`
+    /// (loaded once: it reads the system's certificates).
+    fn prepare(&self) -> Result<(Request, Option<Connector>), String> {
+        let mut request = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| format!("the invite's address {:?} is not usable: {e}", self.url))?;
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", self.token))
+            .map_err(|_| "the invite's token holds characters a token cannot have".to_string())?;
+        request.headers_mut().insert(AUTHORIZATION, bearer);
+        let connector = match request.uri().scheme_str() {
+            Some("wss") => Some(Connector::Rustls(tls::client_config(self.ca.as_deref())?)),
+            _ => None,
+        };
+        Ok((request, connector))
+    }
+}
+
+async fn run(
+    target: Target,
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    emit: impl Fn(NetEvent),
+) {
+    let (request, connector) = match target.prepare() {
+        Ok(prepared) => prepared,
+        Err(e) => return emit(NetEvent::Refused(e)),
+    };
     let mut backoff = FIRST_RETRY;
+    let mut ever_connected = false;
     loop {
         // Small, latency-bound messages: without TCP_NODELAY, Nagle's algorithm and the
         // server's delayed ACK hold some back for up to 40 ms.
-        let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true);
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(
+            request.clone(),
+            None,
+            true,
+            connector.clone(),
+        );
         match tokio::time::timeout(SILENCE_LIMIT, connecting).await {
             Ok(Ok((socket, _))) => {
                 backoff = FIRST_RETRY;
+                ever_connected = true;
                 emit(NetEvent::Connected);
                 let (mut sink, mut stream) = socket.split();
                 let mut pace = Pace::new();
@@ -159,7 +228,11 @@ async fn run(url: String, mut frames: mpsc::UnboundedReceiver<Vec<u8>>, emit: im
                 emit(NetEvent::Refused(format!("{why} (HTTP {status})")));
                 return;
             }
-            Ok(Err(e)) => emit(NetEvent::Disconnected(e.to_string())),
+            Ok(Err(e)) => match tls::explain(&e, &target.host) {
+                Some(why) if !ever_connected => return emit(NetEvent::Refused(why)),
+                Some(why) => emit(NetEvent::Disconnected(why)),
+                None => emit(NetEvent::Disconnected(e.to_string())),
+            },
             Err(_) => emit(NetEvent::Disconnected(format!(
                 "no answer from the server for {} s",
                 SILENCE_LIMIT.as_secs()

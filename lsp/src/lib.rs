@@ -13,5 +13,6 @@ pub mod ot;
 pub mod replica;
 pub mod session;
 pub mod shadow;
+pub mod tls;
 pub mod transport;
 pub mod workspace;

@@ -12,15 +12,17 @@ use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{middleware, Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::auth;
 use crate::autocomplete::{Engine, IdentifierIndex};
 use crate::paths;
+use crate::proxy::{self, Edge, WsBase};
 use crate::room::RoomMeta;
 use crate::rooms::{NewRoom, Rooms, RoomsError};
 use crate::ws;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub rooms: Rooms,
     pub autocomplete: Arc<Engine>,
     pub shutdown: watch::Receiver<bool>,
+    /// How clients reach the server (proxies, public URL).
+    pub edge: Arc<Edge>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -52,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/autocomplete", post(autocomplete))
         .route("/ws/{id}", get(websocket))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /docs") })
+        .layer(middleware::from_fn_with_state(
+            state.edge.clone(),
+            proxy::identify,
+        ))
         .with_state(state)
 }
 
@@ -178,7 +186,7 @@ fn main_file_for(language: Option<&str>) -> &'static str {
 
 async fn create_room(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Extension(base): Extension<WsBase>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let request: CreateRoom = if body.iter().all(u8::is_ascii_whitespace) {
@@ -239,7 +247,7 @@ async fn create_room(
             files,
         })
         .await?;
-    let ws_url = format!("ws://{}/ws/{}", host(&headers), meta.id);
+    let ws_url = format!("{}/{}", base.0, meta.id);
     tracing::info!(room = %meta.id, files = paths.len(), "room created");
     let body = json!({
         "id": meta.id,
@@ -251,13 +259,6 @@ async fn create_room(
         "files": paths,
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
-}
-
-fn host(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost:8000")
 }
 
 async fn room_info(
@@ -360,7 +361,10 @@ async fn websocket(
         .max_message_size(max.saturating_mul(2))
         .max_frame_size(max.saturating_mul(2))
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| ws::serve(socket, room, rooms, shutdown)))
+        // The connection's logs keep naming its client (the request's span).
+        .on_upgrade(move |socket| {
+            ws::serve(socket, room, rooms, shutdown).instrument(tracing::Span::current())
+        }))
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::proxy::{PublicUrl, TrustedProxy};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -38,6 +40,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub persistence: Persistence,
+
+    #[command(flatten)]
+    pub network: Network,
 }
 
 /// Per-room and per-connection limits. Past one, only the offending connection is refused or
@@ -88,6 +93,35 @@ pub struct Persistence {
     /// Seconds a room with no peers stays in memory before it is flushed and unloaded.
     #[arg(long, env = "DUET_IDLE_UNLOAD_SECS", default_value_t = 60)]
     pub idle_unload_secs: u64,
+}
+
+/// How people reach the server: TLS, a public URL, reverse proxies.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Network {
+    /// Serve HTTPS and WSS with this certificate (PEM: the certificate, then its chain).
+    /// Needs --tls-key. Both files are read again on SIGHUP; open connections stay.
+    #[arg(long, env = "DUET_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "DUET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// The URL people reach this server at (`https://duet.example.com`), when it differs from
+    /// the address a request came to (behind a proxy, another host name): invites and
+    /// `ws_url` are built on it (`wss://duet.example.com/ws/…`).
+    #[arg(long, env = "DUET_PUBLIC_URL")]
+    pub public_url: Option<PublicUrl>,
+
+    /// A reverse proxy (IP address or CIDR network; repeat, or comma-separate in the
+    /// environment) whose X-Forwarded-For and X-Forwarded-Proto are believed. From anyone
+    /// else those headers are ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "DUET_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<TrustedProxy>,
 }
 
 impl Persistence {

@@ -1,6 +1,7 @@
 //! `duet-server`: parses the flags, opens the store, serves until SIGTERM or Ctrl-C, then
 //! closes every socket with a close frame and flushes every room.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +13,10 @@ use duet_server::api::{self, AppState};
 use duet_server::autocomplete::Engine;
 use duet_server::config::{Config, LogFormat};
 use duet_server::metrics::Metrics;
+use duet_server::proxy::Edge;
 use duet_server::rooms::Rooms;
 use duet_server::store::Store;
+use duet_server::tls::{self, Certificates, TlsListener};
 use tokio::sync::watch;
 
 /// Opens the store; while the database does not answer (it may be starting too, or be down
@@ -41,6 +44,11 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_tracing(config.log_format);
 
+    // Before the database: a wrong certificate path should not wait for it.
+    let certificates = match (&config.network.tls_cert, &config.network.tls_key) {
+        (Some(cert), Some(key)) => Some(Certificates::load(cert, key)?),
+        _ => None,
+    };
     let url = config.database_url();
     let store = open_store(&url).await?;
     tracing::info!(database = %redact(&url), "store ready");
@@ -57,12 +65,18 @@ async fn main() -> anyhow::Result<()> {
         rooms: rooms.clone(),
         autocomplete: Arc::new(Engine::builtin()),
         shutdown: shutdown_rx.clone(),
-    });
+        edge: Arc::new(Edge {
+            trusted: config.network.trusted_proxies.clone(),
+            public_url: config.network.public_url.clone(),
+            tls: certificates.is_some(),
+        }),
+    })
+    .into_make_service_with_connect_info::<SocketAddr>();
 
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
-    tracing::info!(address = %listener.local_addr()?, "duet-server listening");
+    tracing::info!(address = %listener.local_addr()?, tls = certificates.is_some(), "duet-server listening");
     // Every sync message is small and latency-bound: without TCP_NODELAY, Nagle's algorithm
     // meets the peer's delayed ACK and holds some of them back for 40 ms.
     let listener = listener.tap_io(|tcp| {
@@ -71,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     let mut wait = shutdown_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let stopping = async move {
         let _ = wait.changed().await;
         // Every WebSocket has been told to close. Upgraded connections are not tracked by
         // axum, so wait here for their closing handshakes: otherwise the process could exit
@@ -82,13 +96,27 @@ async fn main() -> anyhow::Result<()> {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    });
+    };
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: closing connections and flushing rooms");
         let _ = shutdown_tx.send(true);
     });
-    server.await?;
+    match certificates {
+        Some(certificates) => {
+            tokio::spawn(tls::reload_on_sighup(certificates.clone()));
+            // The outer `tap_io` only lets axum hand each request its peer's address.
+            let listener = TlsListener::new(listener, certificates.acceptor())?.tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopping)
+                .await?
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopping)
+                .await?
+        }
+    }
     flusher.await?;
     tracing::info!("stopped");
     Ok(())

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub updates_written: AtomicU64,
     pub update_rows_written: AtomicU64,
     pub compactions: AtomicU64,
+    pub compaction_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -34,7 +35,7 @@ impl Metrics {
         unflushed_rooms: usize,
         degraded: bool,
     ) -> String {
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "duet_connections_total",
                 "WebSocket connections accepted",
@@ -100,6 +101,11 @@ impl Metrics {
                 "duet_compactions_total",
                 "room states compacted",
                 &self.compactions,
+            ),
+            (
+                "duet_compaction_failures_total",
+                "compactions that failed (tried again after the room's next flush)",
+                &self.compaction_failures,
             ),
         ];
         let mut out = String::new();

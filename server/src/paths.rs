@@ -19,6 +19,10 @@ pub enum PathError {
     TooLong,
     #[error("the path contains a NUL or control character")]
     ControlCharacter,
+    #[error(
+        "the path contains an invisible formatting character (such as U+{0:04X}); rename the file"
+    )]
+    Invisible(u32),
     #[error("the path is absolute; use a path relative to the workspace root")]
     Absolute,
     #[error("the path leaves the workspace (`..`)")]
@@ -35,6 +39,9 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     }
     if path.chars().any(char::is_control) {
         return Err(PathError::ControlCharacter);
+    }
+    if let Some(c) = path.chars().find(|c| is_invisible(*c)) {
+        return Err(PathError::Invisible(c as u32));
     }
     let unified = path.replace('\\', "/");
     let bytes = unified.as_bytes();
@@ -54,6 +61,19 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
         return Err(PathError::Empty);
     }
     Ok(segments.join("/"))
+}
+
+/// Unicode's invisible formatting characters (general category Cf): bidirectional overrides
+/// and isolates (U+202E shows `txt.exe` as `exe.txt`), zero-width spaces, word joiners, the
+/// byte-order mark, tags. Two paths that look the same must be the same file, so they are
+/// refused. The zero-width joiner and non-joiner (U+200C, U+200D) stay allowed: Persian and
+/// Indic words and emoji sequences need them.
+fn is_invisible(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B | 0x200E..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064
+        | 0x2066..=0x206F | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
 /// True when `path` is already in normal form, i.e. acceptable as a key of the room's file map.
@@ -95,6 +115,26 @@ mod tests {
             Err(PathError::TooLong)
         );
         assert!(normalize(&"a".repeat(MAX_PATH_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn invisible_formatting_characters_are_refused() {
+        assert_eq!(
+            normalize("invoice\u{202E}txt.exe"),
+            Err(PathError::Invisible(0x202E))
+        );
+        for c in ['\u{200B}', '\u{2066}', '\u{FEFF}', '\u{00AD}', '\u{E0041}'] {
+            assert_eq!(
+                normalize(&format!("a{c}.txt")),
+                Err(PathError::Invisible(c as u32))
+            );
+        }
+        // Joiners belong to real words and emoji.
+        assert!(
+            normalize("\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}\u{0627}\u{0647}\u{0645}.txt")
+                .is_ok()
+        );
+        assert!(normalize("\u{1F469}\u{200D}\u{1F4BB}.md").is_ok());
     }
 
     #[test]

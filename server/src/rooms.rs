@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::auth;
+use crate::blocking::blocking;
 use crate::config::{Limits, Persistence};
 use crate::metrics::Metrics;
 use crate::room::{close, now_ms, CloseReason, FlushBatch, Room, RoomMeta};
@@ -175,12 +176,14 @@ impl Rooms {
             .load_room(id)
             .await?
             .ok_or(RoomsError::NotFound)?;
-        let room = Room::load(
-            stored.meta,
-            self.shared.limits.clone(),
-            stored.state.as_deref(),
-            &stored.updates,
-        )
+        let room = blocking(|| {
+            Room::load(
+                stored.meta,
+                self.shared.limits.clone(),
+                stored.state.as_deref(),
+                &stored.updates,
+            )
+        })
         .map_err(|e| RoomsError::Corrupt(e.to_string()))?;
         let room = Arc::new(room);
         self.entries().insert(
@@ -271,15 +274,16 @@ impl Rooms {
             .zip(&rows)
             .map(|((id, _, seq, _, b), rows)| (*id, *seq, rows.as_slice(), b))
             .collect();
-        if let Err(e) = self.shared.store.append(&writes).await {
-            for (_, room, _, _, batch) in taken {
-                room.restore(batch);
-            }
-            return Err(e);
-        }
+        let (written, failure) = self.append(&writes).await;
+        let mut due = Vec::new();
         let metrics = &self.shared.metrics;
-        Metrics::inc(&metrics.flushes);
-        for ((id, room, seq, since, batch), rows) in taken.into_iter().zip(&rows) {
+        for (((id, room, seq, since, batch), rows), written) in
+            taken.into_iter().zip(&rows).zip(written)
+        {
+            if !written {
+                room.restore(batch);
+                continue;
+            }
             room.flushed();
             metrics
                 .updates_written
@@ -292,17 +296,62 @@ impl Rooms {
             let since = since + count as u64;
             self.set_progress(id, last + 1, since);
             if since >= self.shared.persistence.compact_after {
-                // The snapshot may include updates newer than `last`; they are stored again
-                // later and applying an update twice is a no-op, so nothing is lost or doubled.
-                self.shared
-                    .store
-                    .compact(id, &room.snapshot(), last)
-                    .await?;
-                Metrics::inc(&metrics.compactions);
-                self.set_progress(id, last + 1, 0);
+                due.push((id, room, last));
             }
         }
-        Ok(())
+        if failure.is_none() {
+            Metrics::inc(&metrics.flushes);
+        }
+        // Every written room is marked as such before any compaction: a compaction that fails
+        // leaves only that room's log long (it is tried again after its next flush), never
+        // another room's progress behind (its next rows would then collide with stored ones).
+        for (id, room, last) in due {
+            let snapshot = blocking(|| room.snapshot());
+            // The snapshot may include updates newer than `last`; they are stored again
+            // later and applying an update twice is a no-op, so nothing is lost or doubled.
+            match self.shared.store.compact(id, &snapshot, last).await {
+                Ok(()) => {
+                    Metrics::inc(&metrics.compactions);
+                    self.set_progress(id, last + 1, 0);
+                }
+                Err(e) => {
+                    Metrics::inc(&metrics.compaction_failures);
+                    tracing::warn!(room = %id, error = %e, "compaction failed; it is tried again after the next flush");
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Writes the batches in one transaction. Should that fail while the database answers,
+    /// one room's rows may be what it refuses: each room is then written on its own, so that
+    /// the others are not held back by it. Returns which batches are written, and the first
+    /// error.
+    async fn append(
+        &self,
+        writes: &[(Uuid, i64, &[Vec<u8>], &FlushBatch)],
+    ) -> (Vec<bool>, Option<StoreError>) {
+        let store = &self.shared.store;
+        match store.append(writes).await {
+            Ok(()) => (vec![true; writes.len()], None),
+            Err(e) if e.is_unreachable() || writes.len() == 1 => {
+                (vec![false; writes.len()], Some(e))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, rooms = writes.len(), "group commit failed; writing each room on its own");
+                let mut written = Vec::with_capacity(writes.len());
+                let mut first = None;
+                for write in writes {
+                    let result = store.append(std::slice::from_ref(write)).await;
+                    written.push(result.is_ok());
+                    if let Err(e) = result {
+                        tracing::warn!(room = %write.0, error = %e, "room not written; kept in memory and retried");
+                        first.get_or_insert(e);
+                    }
+                }
+                (written, first)
+            }
+        }
     }
 
     fn set_progress(&self, id: Uuid, next_seq: i64, since_compaction: u64) {

@@ -8,12 +8,14 @@
 
 pub mod editor;
 pub mod jsonlines;
+pub mod nginx;
 pub mod node;
 pub mod nvim;
 pub mod pg;
 pub mod proxy;
 pub mod server;
 pub mod stats;
+pub mod tls;
 pub mod yclient;
 
 use std::path::PathBuf;

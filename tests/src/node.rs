@@ -16,6 +16,11 @@ pub struct NodeClient {
 
 impl NodeClient {
     pub fn spawn() -> NodeClient {
+        NodeClient::spawn_with_env(&[])
+    }
+
+    /// A client with extra environment (`NODE_EXTRA_CA_CERTS` to trust a test CA).
+    pub fn spawn_with_env(vars: &[(&str, &std::ffi::OsStr)]) -> NodeClient {
         let dir = workspace().join("tests/node");
         assert!(
             dir.join("node_modules").exists(),
@@ -25,6 +30,7 @@ impl NodeClient {
         command
             .arg(dir.join("client.mjs"))
             .current_dir(&dir)
+            .envs(vars.iter().copied())
             .stderr(Stdio::inherit());
         NodeClient {
             process: JsonLines::spawn(command, |_| false),

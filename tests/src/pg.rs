@@ -14,7 +14,7 @@ pub struct Cluster {
     bin: PathBuf,
 }
 
-fn pg_bin() -> PathBuf {
+pub fn pg_bin() -> PathBuf {
     if let Ok(dir) = std::env::var("DUET_PG_BIN") {
         return PathBuf::from(dir);
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::tls::{Issued, TestCa};
 use crate::{binary, eventually, free_port};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +78,8 @@ pub struct Server {
     database_url: String,
     args: Vec<String>,
     log: PathBuf,
+    /// Serving HTTPS and WSS (see [`Server::start_tls`]).
+    tls: bool,
     pub http: reqwest::Client,
 }
 
@@ -93,7 +96,36 @@ impl Server {
                 .0
                 .join(format!("server-{}.log", uuid::Uuid::new_v4())),
             http: reqwest::Client::new(),
+            tls: false,
         };
+        server.spawn().await;
+        server
+    }
+
+    /// Starts a server that serves HTTPS and WSS with `issued` (its certificate must name
+    /// 127.0.0.1); [`Server::http`] trusts `ca`.
+    pub async fn start_tls(db: &Database, args: &[&str], ca: &TestCa, issued: &Issued) -> Server {
+        let mut server = Server {
+            child: None,
+            port: free_port(),
+            database_url: db.url.clone(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            log: db
+                .dir
+                .0
+                .join(format!("server-{}.log", uuid::Uuid::new_v4())),
+            http: reqwest::Client::builder()
+                .add_root_certificate(ca.root())
+                .build()
+                .expect("HTTPS client"),
+            tls: true,
+        };
+        server.args.extend([
+            "--tls-cert".to_string(),
+            issued.cert.display().to_string(),
+            "--tls-key".to_string(),
+            issued.key.display().to_string(),
+        ]);
         server.spawn().await;
         server
     }
@@ -137,12 +169,14 @@ impl Server {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
     }
 
     /// The WebSocket base the Yjs provider takes: rooms are `<base>/<id>`.
     pub fn ws_base(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://127.0.0.1:{}/ws", self.port)
     }
 
     pub fn ws_url(&self, room: &RoomRef) -> String {
@@ -221,6 +255,16 @@ impl Server {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    }
+
+    /// SIGHUP: a TLS server reads its certificate and key again.
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill -HUP");
+        assert!(status.success(), "kill -HUP {}", self.pid());
     }
 
     /// SIGKILL: nothing gets flushed.

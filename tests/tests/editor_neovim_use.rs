@@ -639,6 +639,8 @@ async fn invalid_utf8_drops_only_that_file() {
     )
     .await;
     nv.cmd("A", "edit a.txt").await;
+    nv.wait_statusline("A", &format!("duet: {} · 0 peers", &room.id[..8]))
+        .await;
     let bob = YClient::join(&server.ws_url(&room)).await;
     // Both files are shared.
     nv.input("A", "A!<Esc>").await;

@@ -28,6 +28,7 @@ M.defaults = {
   name = nil, -- your name as peers see it (the bridge defaults to $USER)
   color = nil, -- your colour as peers see it, "#rrggbb"
   invite = nil, -- join this room at start: "ws://HOST:PORT/ws/<room>?token=<token>"
+  ca = nil, -- a PEM file of CA certificates to trust besides the system's (a private CA)
   -- Only buffers of these filetypes are shared; nil: every file buffer.
   filetypes = nil,
   -- The workspace root: a string, or a function returning one; nil: the directory of the
@@ -153,7 +154,7 @@ end
 
 local function init_options()
   local options = {}
-  for _, key in ipairs({ "invite", "server", "name", "color" }) do
+  for _, key in ipairs({ "invite", "server", "name", "color", "ca" }) do
     if M.config[key] ~= nil and M.config[key] ~= "" then
       options[key] = M.config[key]
     end
