@@ -316,12 +316,18 @@ impl Shadow {
             echoes: 0,
         };
         for change in changes {
+            // The range the editor reported, as it is: what it spans decides below, not the
+            // smaller edits it is reduced to (a line diff may pair repeated lines otherwise).
+            let reported = match change.range {
+                Some(range) => encoding::range_to_chars(&self.shadow, range, self.encoding).0,
+                None => 0..self.shadow.len_chars(),
+            };
             let (op, clamped, implicit_final_newline) = self.change_to_op(change)?;
             self.implicit_final_newline = implicit_final_newline;
             out.clamped |= clamped.is_yes();
             // Our edits' echoes leave the text saved for a completion as it was.
             let restored = self.completion_base.as_ref().filter(|(_, since)| {
-                version > self.version + 1 && !since.is_noop() && spans_changes_of(&op, since)
+                version > self.version + 1 && !since.is_noop() && spans_changes_of(&reported, since)
             });
             match restored.cloned() {
                 Some((base, since)) => {
@@ -526,12 +532,26 @@ impl Shadow {
         // 1. The echo of our edit, as sent or displaced?
         if let Some(flight) = &self.in_flight {
             match &flight.state {
-                Flight::Sent { edit, expected, .. } => {
+                Flight::Sent {
+                    edit,
+                    placed,
+                    expected,
+                } => {
                     let candidates = self.echo_candidates(edit);
                     if let Some(mut echo) = match_candidate(&self.shadow, &candidates, &actual)? {
-                        let expected = expected.clone();
+                        let (expected, placed) = (expected.clone(), placed.clone());
                         let actual = self.leave_out_added_newline(&mut echo, actual);
-                        self.applied_since_completion(&echo)?;
+                        // As the room placed it (the form sent may be moved: see
+                        // `addressable`), unless the editor rewrote it.
+                        let applied = if echo.exact {
+                            placed
+                        } else {
+                            Operation::from_edits(
+                                self.shadow.len_chars(),
+                                std::slice::from_ref(&echo.edit),
+                            )?
+                        };
+                        self.applied_since_completion(&applied)?;
                         self.shadow = expected;
                         self.in_flight = None;
                         out.echoes += 1;
@@ -549,11 +569,11 @@ impl Shadow {
                         // misplaced edit and redoes the remote changes where they belong.
                         // (No adoption of the editor's form here: that text is going away.)
                         let actual = self.leave_out_added_newline(&mut echo, actual);
-                        self.applied_since_completion(&echo)?;
                         let misplaced = Operation::from_edits(
                             self.shadow.len_chars(),
                             std::slice::from_ref(&echo.edit),
                         )?;
+                        self.applied_since_completion(&misplaced)?;
                         let undo = misplaced.invert(&self.shadow)?;
                         self.pending = undo.compose(&self.pending)?.simplify(&actual)?;
                         self.shadow = actual;
@@ -644,13 +664,11 @@ impl Shadow {
         Ok(())
     }
 
-    /// Our edit reached the editor as `echo` (on the shadow): while a completion may be open,
+    /// Our edit reached the editor (`applied`, on the shadow): while a completion may be open,
     /// it is one more edit the editor's restoring would take back.
-    fn applied_since_completion(&mut self, echo: &Echo) -> Result<(), ShadowError> {
+    fn applied_since_completion(&mut self, applied: &Operation) -> Result<(), ShadowError> {
         if let Some((_, since)) = &mut self.completion_base {
-            let len = self.shadow.len_chars();
-            let applied = Operation::from_edits(len, std::slice::from_ref(&echo.edit))?;
-            *since = since.compose(&applied)?;
+            *since = since.compose(applied)?;
         }
         Ok(())
     }
@@ -804,9 +822,9 @@ fn change_op(
     })
 }
 
-/// Whether `op` spans everything `since` changed in the text both apply to and produce: what
-/// a change made after going back to the text before `since` must do.
-fn spans_changes_of(op: &Operation, since: &Operation) -> bool {
+/// Whether a change of `span` spans everything `since` changed in the text it produced: what a
+/// change made after going back to the text before `since` must do.
+fn spans_changes_of(span: &CharRange<usize>, since: &Operation) -> bool {
     // Where `since` changed its result: inserted text, and the places of deletions.
     let (mut at, mut first, mut last) = (0, None, 0);
     for c in since.components() {
@@ -823,11 +841,7 @@ fn spans_changes_of(op: &Operation, since: &Operation) -> bool {
             }
         }
     }
-    let edits = op.edits();
-    match (first, edits.first(), edits.last()) {
-        (Some(first), Some(a), Some(b)) => a.start <= first && b.end >= last,
-        _ => false,
-    }
+    first.is_some_and(|first| span.start <= first && span.end >= last)
 }
 
 /// One form in which an editor may echo our edit.
@@ -1458,6 +1472,37 @@ mod tests {
         settle_helix(&mut s, &mut editor, &mut version);
         assert_eq!(editor, "0<a>1234ITEM567<b>89\n");
         assert_converged(&s, &editor);
+    }
+
+    #[test]
+    fn a_helix_completion_revert_among_repeated_lines_is_recognised() {
+        // Lines that repeat: the reverting change, reduced by a line diff, may take back a
+        // different copy of a repeated line than the one the peer added. What the editor
+        // reported still spans every peer's edit.
+        let base = "a\nthird\nthird\nz\n";
+        let (mut editor, mut version) = (base.to_string(), 1);
+        let mut s = Shadow::new(base, version, Utf16);
+        s.completion_requested();
+        remote(&mut s, 2, 2, "third\n");
+        remote(&mut s, 22, 22, "end\n");
+        settle_helix(&mut s, &mut editor, &mut version);
+        assert_eq!(editor, "a\nthird\nthird\nthird\nz\nend\n");
+        // Accept "ITEM" after "z" of the saved text: one change from what we knew to that.
+        let accepted = "a\nthird\nthird\nzITEM\n";
+        let change = change_on(&editor, 0, editor.chars().count(), accepted, Utf16);
+        version += 3;
+        let le = s.editor_changed(version, &[change]).unwrap();
+        assert_eq!(
+            le.splices
+                .iter()
+                .map(|sp| sp.insert.as_str())
+                .collect::<Vec<_>>(),
+            vec!["ITEM"],
+            "{le:?}"
+        );
+        editor = accepted.into();
+        settle_helix(&mut s, &mut editor, &mut version);
+        assert_converged(&s, "a\nthird\nthird\nthird\nzITEM\nend\n");
     }
 
     #[test]
