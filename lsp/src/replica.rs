@@ -644,3 +644,128 @@ mod tests {
         }
     }
 }
+
+/// A model of people moving lines, typing and undoing their own bursts on three replicas with
+/// delays: whatever the order, no line is lost (a move re-inserts a copy; undoing and redoing
+/// it never removes the last one).
+#[cfg(test)]
+mod undo_model {
+    use super::*;
+    use crate::ot::tests::Rng;
+    use crate::shadow::Splice;
+
+    fn sp(index: usize, delete: usize, insert: &str) -> Splice {
+        Splice {
+            index,
+            delete,
+            insert: insert.into(),
+            typed: true,
+        }
+    }
+
+    fn line_starts(t: &str) -> Vec<usize> {
+        let u: Vec<u16> = t.encode_utf16().collect();
+        let mut v = vec![0];
+        for (i, c) in u.iter().enumerate() {
+            if *c == b'\n' as u16 && i + 1 < u.len() {
+                v.push(i + 1);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn moves_and_undo_bursts_never_lose_a_line() {
+        for seed in 0..400u64 {
+            let mut rng = Rng::new(seed);
+            let mut r = [Replica::new(), Replica::new(), Replica::new()];
+            let f = r[0].create("f", "«s0»\n«s1»\n«s2»\n");
+            for x in &mut r[1..] {
+                x.receive(&f).unwrap();
+            }
+            for x in &mut r {
+                x.link("f");
+            }
+            let mut queue: Vec<(usize, Vec<u8>)> = Vec::new();
+            let mut markers: Vec<String> = (0..3).map(|i| format!("«s{i}»")).collect();
+            for step in 0..80 {
+                let who = rng.below(3);
+                let t = r[who].text("f").unwrap();
+                let starts = line_starts(&t);
+                let len = t.encode_utf16().count();
+                let frames: Vec<Vec<u8>> = match rng.below(10) {
+                    0..=2 => {
+                        let m = format!("«m{step}»\n");
+                        markers.push(m.trim().to_string());
+                        let at = starts[rng.below(starts.len())];
+                        vec![r[who].edit("f", &[sp(at, 0, &m)]).unwrap()]
+                    }
+                    3..=6 if starts.len() > 1 => {
+                        let i = rng.below(starts.len());
+                        let end = starts.get(i + 1).copied().unwrap_or(len);
+                        let u: Vec<u16> = t.encode_utf16().collect();
+                        let line = String::from_utf16(&u[starts[i]..end]).unwrap();
+                        if !line.ends_with('\n') {
+                            continue;
+                        }
+                        let to = starts[rng.below(starts.len())];
+                        if to == starts[i] {
+                            continue;
+                        }
+                        let n = end - starts[i];
+                        let splices = if to < starts[i] {
+                            vec![sp(to, 0, &line), sp(starts[i] + n, n, "")]
+                        } else {
+                            vec![sp(starts[i], n, ""), sp(to - n, 0, &line)]
+                        };
+                        vec![r[who].edit("f", &splices).unwrap()]
+                    }
+                    7..=8 => {
+                        let k = 1 + rng.below(3);
+                        let (done, mut fr) = r[who].undo("f", History::Undo, k);
+                        // Others act meanwhile: deliver some.
+                        for (to, frame) in std::mem::take(&mut queue) {
+                            if rng.below(2) == 0 {
+                                r[to].receive(&frame).unwrap();
+                            } else {
+                                queue.push((to, frame));
+                            }
+                        }
+                        let (redone, fr2) = r[who].undo("f", History::Redo, done);
+                        assert_eq!(redone, done, "seed {seed}");
+                        fr.extend(fr2);
+                        fr
+                    }
+                    _ => Vec::new(),
+                };
+                for frame in frames {
+                    for to in 0..3 {
+                        if to != who {
+                            queue.push((to, frame.clone()));
+                        }
+                    }
+                }
+                for (to, frame) in std::mem::take(&mut queue) {
+                    if rng.below(3) == 0 {
+                        queue.push((to, frame));
+                    } else {
+                        r[to].receive(&frame).unwrap();
+                    }
+                }
+                for x in &r {
+                    x.take_remote_changes();
+                }
+            }
+            for (to, frame) in std::mem::take(&mut queue) {
+                r[to].receive(&frame).unwrap();
+            }
+            let t = r[0].text("f").unwrap();
+            for x in &r {
+                assert_eq!(x.text("f").unwrap(), t, "seed {seed}");
+            }
+            for m in &markers {
+                assert!(t.contains(m.as_str()), "seed {seed}: {m} lost in {t:?}");
+            }
+        }
+    }
+}
