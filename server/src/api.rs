@@ -125,9 +125,18 @@ struct TokenQuery {
     token: Option<String>,
 }
 
+/// A room id in its one spelling: a lowercase, hyphenated UUID, as `POST /rooms` answers it.
+/// (`Uuid::parse_str` also takes upper case, braces, `urn:uuid:` and no hyphens: several
+/// names for one room.)
 fn parse_id(id: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id)
-        .map_err(|_| ApiError::bad_request(format!("malformed room id {id:?}: expected a UUID")))
+        .ok()
+        .filter(|uuid| uuid.hyphenated().to_string() == id)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "malformed room id {id:?}: expected a lowercase hyphenated UUID, as POST /rooms answers it"
+            ))
+        })
 }
 
 /// Finds the room and checks the caller's token against it.
@@ -168,6 +177,26 @@ struct CreateRoom {
     initial_code: Option<String>,
 }
 
+/// Longest room name and language accepted, in bytes: labels to show, not documents.
+const MAX_NAME_BYTES: usize = 200;
+const MAX_LANGUAGE_BYTES: usize = 64;
+
+/// A room's name or language: short, one line, no control characters.
+fn check_label(what: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
+    let Some(value) = value else { return Ok(()) };
+    if value.len() > max {
+        return Err(ApiError::bad_request(format!(
+            "the room's {what} is longer than {max} bytes"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "the room's {what} contains a control character"
+        )));
+    }
+    Ok(())
+}
+
 /// The file name a prototype's single `initial_code` gets.
 fn main_file_for(language: Option<&str>) -> &'static str {
     match language.map(str::to_ascii_lowercase).as_deref() {
@@ -195,6 +224,8 @@ async fn create_room(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };
+    check_label("name", request.name.as_deref(), MAX_NAME_BYTES)?;
+    check_label("language", request.language.as_deref(), MAX_LANGUAGE_BYTES)?;
     let limits = app.rooms.limits();
     let mut files = Vec::new();
     for (path, text) in request.files.unwrap_or_default() {

@@ -73,6 +73,15 @@ pub struct Limits {
     #[arg(long, env = "DUET_MAX_MESSAGES_PER_SECOND", default_value_t = 200)]
     pub max_messages_per_second: u32,
 
+    /// Largest presence (awareness) state one client may announce, in bytes of JSON.
+    #[arg(long, env = "DUET_MAX_PRESENCE_BYTES", default_value_t = 64 << 10)]
+    pub max_presence_bytes: usize,
+
+    /// Presence (awareness) client ids one connection may announce: a Yjs client has one per
+    /// document.
+    #[arg(long, env = "DUET_MAX_PRESENCE_STATES", default_value_t = 4)]
+    pub max_presence_states: usize,
+
     /// Messages queued for one connection before it counts as too slow and is disconnected
     /// (it re-syncs when it reconnects).
     #[arg(long, env = "DUET_SEND_QUEUE", default_value_t = 512)]

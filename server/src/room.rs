@@ -305,7 +305,9 @@ impl Room {
             Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
                 self.apply_update(&mut state, peer, &update).map(|()| None)
             }
-            Message::Awareness(update) => apply_awareness(&mut state, peer, update).map(|()| None),
+            Message::Awareness(update) => {
+                apply_awareness(&mut state, &self.limits, peer, update).map(|()| None)
+            }
             Message::AwarenessQuery => Ok(state
                 .awareness
                 .update()
@@ -612,38 +614,69 @@ fn remove_peer(state: &mut State, peer: PeerId) {
     }
 }
 
+/// Applies the presence states a peer sent for the client ids it owns: the first connection
+/// to announce an id owns it until it leaves. States for ids another connection owns — a stock
+/// provider relays the states it receives, and a hostile one could rename someone — are
+/// dropped, so nobody can set another's presence. Each connection owns a few ids at most, each
+/// state of a bounded size.
 fn apply_awareness(
     state: &mut State,
+    limits: &Limits,
     peer: PeerId,
     update: AwarenessUpdate,
 ) -> Result<(), CloseReason> {
-    let clients: Vec<(ClientID, bool)> = update
-        .clients
-        .iter()
-        .map(|(id, entry)| (*id, &*entry.json != "null"))
-        .collect();
-    let message = frame(Message::Awareness(update.clone()));
-    state.awareness.apply_update(update).map_err(|e| {
+    let mut own = AwarenessUpdate {
+        clients: HashMap::new(),
+    };
+    for (id, entry) in update.clients {
+        let owner = state
+            .peers
+            .iter()
+            .find(|(_, p)| p.clients.contains(&id))
+            .map(|(owner, _)| *owner);
+        if owner.is_some_and(|owner| owner != peer) {
+            continue;
+        }
+        let present = &*entry.json != "null";
+        if present && entry.json.len() > limits.max_presence_bytes {
+            return Err(CloseReason::new(
+                close::TOO_BIG,
+                format!(
+                    "presence state too large: {} bytes, limit is {}",
+                    entry.json.len(),
+                    limits.max_presence_bytes
+                ),
+            ));
+        }
+        let owned = state.peers.get(&peer).map_or(0, |p| p.clients.len());
+        if present && owner.is_none() && owned >= limits.max_presence_states {
+            return Err(CloseReason::new(
+                close::POLICY,
+                format!(
+                    "too many presence states on one connection: limit is {}",
+                    limits.max_presence_states
+                ),
+            ));
+        }
+        if let Some(p) = state.peers.get_mut(&peer) {
+            if present {
+                p.clients.insert(id);
+            } else {
+                p.clients.remove(&id);
+            }
+        }
+        own.clients.insert(id, entry);
+    }
+    if own.clients.is_empty() {
+        return Ok(());
+    }
+    let message = frame(Message::Awareness(own.clone()));
+    state.awareness.apply_update(own).map_err(|e| {
         CloseReason::new(
             close::INVALID_DATA,
             format!("invalid awareness update: {e}"),
         )
     })?;
-    for (id, present) in clients {
-        // A client may relay states it knows of others too: only states no other connection
-        // announced are this connection's, to remove when it leaves.
-        let owned_elsewhere = state
-            .peers
-            .iter()
-            .any(|(other, p)| *other != peer && p.clients.contains(&id));
-        if let Some(p) = state.peers.get_mut(&peer) {
-            if !present {
-                p.clients.remove(&id);
-            } else if !owned_elsewhere {
-                p.clients.insert(id);
-            }
-        }
-    }
     broadcast(state, Some(peer), &message);
     Ok(())
 }
@@ -705,6 +738,8 @@ mod tests {
             max_room_bytes: 1 << 22,
             max_files: 100,
             max_messages_per_second: 1000,
+            max_presence_bytes: 1024,
+            max_presence_states: 2,
             send_queue: 64,
         })
     }

@@ -56,6 +56,37 @@ impl Database {
         Database { backend, url, dir }
     }
 
+    /// Runs SQL statements directly against the database (as an operator or a fault would,
+    /// beside the server) and returns what they print: `psql -At` for PostgreSQL, Python's
+    /// `sqlite3` for SQLite, one row a line, columns separated by `|`.
+    pub fn sql(&self, sql: &str) -> String {
+        let output = match self.backend {
+            Backend::Postgres => Command::new(crate::pg::pg_bin().join("psql"))
+                .args([self.url.as_str(), "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+                .output(),
+            Backend::Sqlite => Command::new("python3")
+                .arg("-c")
+                .arg(
+                    "import sqlite3, sys\n\
+                     c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
+                     sql = sys.argv[2]\n\
+                     rows = c.execute(sql) if sql.lstrip().upper().startswith('SELECT') else c.executescript(sql)\n\
+                     for row in rows:\n\
+                     \x20   print('|'.join('' if v is None else str(v) for v in row))\n",
+                )
+                .arg(self.url.trim_start_matches("sqlite://"))
+                .arg(sql)
+                .output(),
+        }
+        .unwrap_or_else(|e| panic!("running SQL against {:?}: {e}", self.backend));
+        assert!(
+            output.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("SQL output is UTF-8")
+    }
+
     pub fn with_url(backend: Backend, url: String) -> Database {
         Database {
             backend,

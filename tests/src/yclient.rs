@@ -8,12 +8,13 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::Message as WsMessage;
-use yrs::sync::{Awareness, Message, MessageReader, SyncMessage};
+use yrs::sync::awareness::AwarenessUpdateEntry;
+use yrs::sync::{Awareness, AwarenessUpdate, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
 use yrs::{
-    Doc, GetString, Map, MapRef, OffsetKind, Options, Out, ReadTxn, Text, TextPrelim, Transact,
-    Update,
+    ClientID, Doc, GetString, Map, MapRef, OffsetKind, Options, Out, ReadTxn, Text, TextPrelim,
+    Transact, Update,
 };
 
 pub type Close = (u16, String);
@@ -195,6 +196,22 @@ impl YClient {
         if let Ok(update) = update {
             self.send_message(Message::Awareness(update));
         }
+    }
+
+    /// Our awareness client id.
+    pub fn client_id(&self) -> u64 {
+        self.lock().client_id().get()
+    }
+
+    /// Sends a presence state for any client id, with any clock: what a careless or hostile
+    /// peer can put on the wire.
+    pub fn send_presence_as(&self, client: u64, clock: u32, state: &serde_json::Value) {
+        let entry = AwarenessUpdateEntry {
+            clock,
+            json: state.to_string().into(),
+        };
+        let clients = std::iter::once((ClientID::new(client), entry)).collect();
+        self.send_message(Message::Awareness(AwarenessUpdate { clients }));
     }
 
     /// Other peers' presence states.
