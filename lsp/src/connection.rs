@@ -347,6 +347,36 @@ mod tests {
     use crate::shadow::Splice;
 
     #[test]
+    fn the_token_goes_in_a_header_never_in_the_url() {
+        let invite = Invite::parse(
+            "wss://duet.example:8443/ws/0b5c7d1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e?token=secret",
+        )
+        .unwrap();
+        let target = Target {
+            url: invite.ws_url(),
+            token: invite.token.clone(),
+            host: invite.host().to_string(),
+            ca: None,
+        };
+        let (request, connector) = target.prepare().unwrap();
+        assert!(
+            !request.uri().to_string().contains("secret"),
+            "{}",
+            request.uri()
+        );
+        assert_eq!(request.headers()[AUTHORIZATION], "Bearer secret");
+        assert!(
+            matches!(connector, Some(Connector::Rustls(_))),
+            "wss:// is TLS"
+        );
+        let plain = Target {
+            url: "ws://h:1/ws/x".into(),
+            ..target
+        };
+        assert!(plain.prepare().unwrap().1.is_none(), "ws:// is not");
+    }
+
+    #[test]
     fn a_burst_of_updates_and_presence_becomes_one_of_each() {
         let mut replica = Replica::new();
         let mut frames = vec![replica.create("a.txt", "")];

