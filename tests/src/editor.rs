@@ -481,9 +481,20 @@ struct Doc {
     last_flush: Option<Instant>,
     /// Helix: the state saved when a completion was requested.
     helix_saved: Option<String>,
-    /// An applyEdit was refused and no `didChange` went out since: the bridge cannot know the
-    /// version, and may send its next edit unchecked (version null).
+    /// An applyEdit was refused and the bridge has not shown that it saw a `didChange` since
+    /// (by citing its version): it cannot know the version, and may send its next edit
+    /// unchecked (version null). A `didChange` on its way does not count: the bridge may have
+    /// decided before it arrived.
     refused_since_change: bool,
+    /// The last version sent when the refusal happened.
+    refused_at_version: i64,
+}
+
+impl Doc {
+    fn refused(&mut self) {
+        self.refused_since_change = true;
+        self.refused_at_version = self.last_sent_version;
+    }
 }
 
 struct State {
@@ -621,6 +632,7 @@ impl State {
             last_flush: None,
             helix_saved: None,
             refused_since_change: false,
+            refused_at_version: version,
         };
         doc.sent_versions.insert(version);
         self.docs.insert(uri.clone(), doc);
@@ -733,7 +745,6 @@ impl State {
         }
         doc.sent_versions.insert(version);
         doc.last_sent_version = version;
-        doc.refused_since_change = false;
         self.stats.did_change_sent += 1;
         self.stats.max_changes_in_one_notification = self
             .stats
@@ -871,6 +882,14 @@ impl State {
                 Some(_) => {}
             }
         }
+        for de in &edits {
+            // Citing a version sent after the refusal shows the bridge knows the version again.
+            if let (Some(v), Some(doc)) = (de.version, self.docs.get_mut(&de.uri)) {
+                if doc.refused_since_change && v > doc.refused_at_version {
+                    doc.refused_since_change = false;
+                }
+            }
+        }
         let edits: Vec<DocEdit> = edits
             .into_iter()
             .filter(|de| self.docs.contains_key(&de.uri))
@@ -891,10 +910,7 @@ impl State {
                 if stale {
                     self.stats.rejected += 1;
                     for de in &edits {
-                        self.docs
-                            .get_mut(&de.uri)
-                            .expect("open")
-                            .refused_since_change = true;
+                        self.docs.get_mut(&de.uri).expect("open").refused();
                     }
                     json!({"applied": false})
                 } else {
@@ -927,10 +943,7 @@ impl State {
                 for (i, de) in edits.iter().enumerate() {
                     if de.version.is_some_and(|v| v != self.docs[&de.uri].version) {
                         self.stats.rejected += 1;
-                        self.docs
-                            .get_mut(&de.uri)
-                            .expect("open")
-                            .refused_since_change = true;
+                        self.docs.get_mut(&de.uri).expect("open").refused();
                         let path = self.docs[&de.uri].path.clone();
                         self.trace("..", &format!("outdated workspace edit for {path:?}"));
                         result = json!({"applied": false, "failureReason": "document has changed", "failedChange": i});
