@@ -115,7 +115,7 @@ async fn main() {
                     scripted_pair(server, &room, kind, ca_file, &args).await
                 }
                 Editors::Neovim(debounce) => {
-                    let (samples, version) = neovim_pair(&server, &room, debounce, &args).await;
+                    let (samples, version) = neovim_pair(server, &room, debounce, &args).await;
                     nvim_version = version;
                     samples
                 }
