@@ -100,7 +100,7 @@ use tower_lsp::lsp_types::{
 };
 
 use crate::encoding::{self, Clamped, PositionEncoding};
-use crate::ot::{Component, Edit, OpError, Operation, Tie};
+use crate::ot::{Edit, OpError, Operation, Tie};
 
 /// Why the shadow cannot go on; the remedy for both is [`Shadow::resync`] with the CRDT's text.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -316,20 +316,18 @@ impl Shadow {
             echoes: 0,
         };
         for change in changes {
-            // The range the editor reported, as it is: what it spans decides below, not the
-            // smaller edits it is reduced to (a line diff may pair repeated lines otherwise).
-            let reported = match change.range {
-                Some(range) => encoding::range_to_chars(&self.shadow, range, self.encoding).0,
-                None => 0..self.shadow.len_chars(),
-            };
             let (op, clamped, implicit_final_newline) = self.change_to_op(change)?;
             self.implicit_final_newline = implicit_final_newline;
             out.clamped |= clamped.is_yes();
             // Our edits' echoes leave the text saved for a completion as it was.
-            let restored = self.completion_base.as_ref().filter(|(_, since)| {
-                version > self.version + 1 && !since.is_noop() && spans_changes_of(&reported, since)
-            });
-            match restored.cloned() {
+            let restored = match &self.completion_base {
+                Some((base, since)) if version > self.version + 1 && !since.is_noop() => {
+                    Some((base.clone(), since.clone()))
+                        .filter(|(base, _)| self.went_back_to(base, &op).unwrap_or(false))
+                }
+                _ => None,
+            };
+            match restored {
                 Some((base, since)) => {
                     self.completion_base = None;
                     self.editor_restored(&base, &since, op, &mut out)?;
@@ -595,6 +593,15 @@ impl Shadow {
         self.local_edit(op, actual, true, out)
     }
 
+    /// Whether the editor's change `op` is better explained as made on `base` (the editor went
+    /// back to it, unsent) than on the text we knew: it changes less from there. Which
+    /// characters a change spans cannot tell (an insertion next to the same text is reported a
+    /// character off, a line diff pairs repeated lines as it likes); how much it changes can.
+    fn went_back_to(&self, base: &Rope, op: &Operation) -> Result<bool, ShadowError> {
+        let actual = op.apply(&self.shadow)?;
+        Ok(Operation::diff(base, &actual).changed_chars() < op.changed_chars())
+    }
+
     /// The editor went back to `base` without telling (Helix's completion preview) and then
     /// reported `op` on the text we knew: the edits applied since `base` are the editor's to
     /// receive again, and the user's own change is only what turns `base` into its text now.
@@ -820,28 +827,6 @@ fn change_op(
             Clamped::No,
         ),
     })
-}
-
-/// Whether a change of `span` spans everything `since` changed in the text it produced: what a
-/// change made after going back to the text before `since` must do.
-fn spans_changes_of(span: &CharRange<usize>, since: &Operation) -> bool {
-    // Where `since` changed its result: inserted text, and the places of deletions.
-    let (mut at, mut first, mut last) = (0, None, 0);
-    for c in since.components() {
-        match c {
-            Component::Retain(n) => at += n,
-            Component::Insert(s) => {
-                first.get_or_insert(at);
-                at += s.chars().count();
-                last = at;
-            }
-            Component::Delete(_) => {
-                first.get_or_insert(at);
-                last = at;
-            }
-        }
-    }
-    first.is_some_and(|first| span.start <= first && span.end >= last)
 }
 
 /// One form in which an editor may echo our edit.
@@ -1503,6 +1488,26 @@ mod tests {
         editor = accepted.into();
         settle_helix(&mut s, &mut editor, &mut version);
         assert_converged(&s, "a\nthird\nthird\nthird\nzITEM\nend\n");
+    }
+
+    #[test]
+    fn a_helix_completion_revert_reported_a_character_off_is_recognised() {
+        // The peer typed "a" after an "a": the reverting change Helix reports starts one
+        // character after where the peer's text went.
+        let base = "aab\n";
+        let (mut editor, mut version) = (base.to_string(), 1);
+        let mut s = Shadow::new(base, version, Utf16);
+        s.completion_requested();
+        remote(&mut s, 1, 1, "a");
+        settle_helix(&mut s, &mut editor, &mut version);
+        let accepted = "aabZ\n";
+        let change = change_on(&editor, 2, 4, "bZ", Utf16);
+        version += 3;
+        let le = s.editor_changed(version, &[change]).unwrap();
+        assert_eq!(le.op.changed_chars(), 1, "only the item: {le:?}");
+        editor = accepted.into();
+        settle_helix(&mut s, &mut editor, &mut version);
+        assert_converged(&s, "aaabZ\n");
     }
 
     #[test]
