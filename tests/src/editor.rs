@@ -528,12 +528,14 @@ impl State {
         self.started.elapsed()
     }
 
+    /// Records a message in the trace (`DUET_TRACE` also prints it). Long messages are cut at
+    /// 2,000 bytes unless `DUET_TRACE_FULL` is set, to replay a run's texts from its trace.
     fn trace(&mut self, dir: &str, message: &str) {
         if std::env::var_os("DUET_TRACE").is_some() {
             eprintln!("[{}] {dir} {message}", self.label);
         }
         let mut text = message.to_string();
-        if text.len() > 2000 {
+        if text.len() > 2000 && std::env::var_os("DUET_TRACE_FULL").is_none() {
             let mut cut = 2000;
             while !text.is_char_boundary(cut) {
                 cut -= 1;
