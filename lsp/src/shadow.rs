@@ -1427,87 +1427,83 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_helix_completion_preview_revert_is_undone_and_only_the_item_sent() {
-        // Completion requested on "0123456789\n"; peers edit on both sides of the cursor
-        // while the menu is open; the user previews (Helix restores its saved text, version
-        // +2, unsent) and accepts "ITEM" at 5: one change from what we knew to that.
-        let base = "0123456789\n";
+    /// Helix's completion preview revert: completion requested on `base`; `peers` edit it
+    /// (chars of the CRDT text, in order) and the edits reach Helix while the menu is open; the
+    /// user previews (Helix restores `base`, version +2, unsent) and accepts, which Helix sends
+    /// as one change from what we knew to `accepted`. Returns what went to the room, and the
+    /// text everyone has once the bridge has sent Helix the peers' edits again.
+    fn helix_completion_revert(
+        base: &str,
+        peers: &[(usize, usize, &str)],
+        accepted: &str,
+    ) -> (LocalEdits, String) {
         let (mut editor, mut version) = (base.to_string(), 1);
         let mut s = Shadow::new(base, version, Utf16);
         s.completion_requested();
-        remote(&mut s, 1, 1, "<a>");
-        remote(&mut s, 11, 11, "<b>");
+        for (start, end, text) in peers {
+            remote(&mut s, *start, *end, text);
+        }
         settle_helix(&mut s, &mut editor, &mut version);
-        assert_eq!(editor, "0<a>1234567<b>89\n");
-        let accepted = "01234ITEM56789\n";
-        let change = change_on(&editor, 1, 14, "1234ITEM567", Utf16);
-        editor = accepted.to_string();
+        // Helix reports the span from the first to the last character that differs.
+        let (old, new): (Vec<char>, Vec<char>) =
+            (editor.chars().collect(), accepted.chars().collect());
+        let prefix = old.iter().zip(&new).take_while(|(a, b)| a == b).count();
+        let suffix = old[prefix..]
+            .iter()
+            .rev()
+            .zip(new[prefix..].iter().rev())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let text: String = new[prefix..new.len() - suffix].iter().collect();
+        let change = change_on(&editor, prefix, old.len() - suffix, &text, Utf16);
         version += 3;
         let le = s.editor_changed(version, &[change]).unwrap();
+        editor = accepted.into();
+        settle_helix(&mut s, &mut editor, &mut version);
+        assert_converged(&s, &editor);
+        (le, editor)
+    }
+
+    fn inserted(le: &LocalEdits) -> Vec<&str> {
+        le.splices.iter().map(|sp| sp.insert.as_str()).collect()
+    }
+
+    #[test]
+    fn a_helix_completion_preview_revert_is_undone_and_only_the_item_sent() {
+        // Peers edit on both sides of the cursor; "ITEM" is accepted at 5.
+        let (le, text) = helix_completion_revert(
+            "0123456789\n",
+            &[(1, 1, "<a>"), (11, 11, "<b>")],
+            "01234ITEM56789\n",
+        );
         assert_eq!(
-            le.splices
-                .iter()
-                .map(|sp| sp.insert.as_str())
-                .collect::<Vec<_>>(),
-            vec!["ITEM"],
+            inserted(&le),
+            ["ITEM"],
             "only the item goes to the room: {le:?}"
         );
-        assert_eq!(s.crdt_text().to_string(), "0<a>1234ITEM567<b>89\n");
-        settle_helix(&mut s, &mut editor, &mut version);
-        assert_eq!(editor, "0<a>1234ITEM567<b>89\n");
-        assert_converged(&s, &editor);
+        assert_eq!(text, "0<a>1234ITEM567<b>89\n");
     }
 
     #[test]
     fn a_helix_completion_revert_among_repeated_lines_is_recognised() {
-        // Lines that repeat: the reverting change, reduced by a line diff, may take back a
-        // different copy of a repeated line than the one the peer added. What the editor
-        // reported still spans every peer's edit.
-        let base = "a\nthird\nthird\nz\n";
-        let (mut editor, mut version) = (base.to_string(), 1);
-        let mut s = Shadow::new(base, version, Utf16);
-        s.completion_requested();
-        remote(&mut s, 2, 2, "third\n");
-        remote(&mut s, 22, 22, "end\n");
-        settle_helix(&mut s, &mut editor, &mut version);
-        assert_eq!(editor, "a\nthird\nthird\nthird\nz\nend\n");
-        // Accept "ITEM" after "z" of the saved text: one change from what we knew to that.
-        let accepted = "a\nthird\nthird\nzITEM\n";
-        let change = change_on(&editor, 0, editor.chars().count(), accepted, Utf16);
-        version += 3;
-        let le = s.editor_changed(version, &[change]).unwrap();
-        assert_eq!(
-            le.splices
-                .iter()
-                .map(|sp| sp.insert.as_str())
-                .collect::<Vec<_>>(),
-            vec!["ITEM"],
-            "{le:?}"
+        // Lines that repeat: a line diff of the reverting change may take back another copy
+        // of the repeated line than the one the peer added.
+        let (le, text) = helix_completion_revert(
+            "a\nthird\nthird\nz\n",
+            &[(2, 2, "third\n"), (22, 22, "end\n")],
+            "a\nthird\nthird\nzITEM\n",
         );
-        editor = accepted.into();
-        settle_helix(&mut s, &mut editor, &mut version);
-        assert_converged(&s, "a\nthird\nthird\nthird\nzITEM\nend\n");
+        assert_eq!(inserted(&le), ["ITEM"], "{le:?}");
+        assert_eq!(text, "a\nthird\nthird\nthird\nzITEM\nend\n");
     }
 
     #[test]
     fn a_helix_completion_revert_reported_a_character_off_is_recognised() {
-        // The peer typed "a" after an "a": the reverting change Helix reports starts one
-        // character after where the peer's text went.
-        let base = "aab\n";
-        let (mut editor, mut version) = (base.to_string(), 1);
-        let mut s = Shadow::new(base, version, Utf16);
-        s.completion_requested();
-        remote(&mut s, 1, 1, "a");
-        settle_helix(&mut s, &mut editor, &mut version);
-        let accepted = "aabZ\n";
-        let change = change_on(&editor, 2, 4, "bZ", Utf16);
-        version += 3;
-        let le = s.editor_changed(version, &[change]).unwrap();
+        // The peer typed "a" after an "a": where the reverting change starts (after "aa")
+        // is not where the peer's text went.
+        let (le, text) = helix_completion_revert("aab\n", &[(1, 1, "a")], "aabZ\n");
         assert_eq!(le.op.changed_chars(), 1, "only the item: {le:?}");
-        editor = accepted.into();
-        settle_helix(&mut s, &mut editor, &mut version);
-        assert_converged(&s, "aaabZ\n");
+        assert_eq!(text, "aaabZ\n");
     }
 
     #[test]
