@@ -15,6 +15,17 @@ use tower_service::Service;
 
 #[tokio::main]
 async fn main() {
+    // Run by hand in a terminal: answer, instead of waiting for LSP on stdin. (`--stdio`, which
+    // some clients pass, is what the bridge does anyway.)
+    match std::env::args().nth(1).as_deref() {
+        None | Some("--stdio") => {}
+        Some("--version" | "-V") => return println!("duet-lsp {}", env!("CARGO_PKG_VERSION")),
+        Some("--help" | "-h") => return print!("{USAGE}"),
+        Some(other) => {
+            eprint!("duet-lsp: unknown argument {other:?}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
     init_tracing();
     let (events, inbox) = mpsc::unbounded_channel();
     let stdin = transport::checked(tokio::io::stdin(), events.clone());
@@ -32,6 +43,19 @@ async fn main() {
         .serve(service)
         .await;
 }
+
+const USAGE: &str = "\
+duet-lsp: duet's bridge, a language server your editor starts (LSP over stdin and stdout).
+It shares the files the editor opens with a duet room.
+
+usage: duet-lsp [--stdio]    (started by the editor)
+       duet-lsp --version
+       duet-lsp --help
+
+The room: `invite = \"ws://HOST:PORT/ws/<room>?token=<token>\"` in a .duet.toml in the project,
+DUET_INVITE, the client's initializationOptions, or the duet.joinRoom command.
+Logs: stderr, or DUET_LOG_FILE; DUET_LOG=debug for more.
+";
 
 /// Ends the process on the `exit` notification. tower-lsp would only stop once stdin closes,
 /// and editors (VS Code) count a server that lingers after `exit` as hung. The exit code is

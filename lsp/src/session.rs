@@ -1237,8 +1237,10 @@ impl Session {
                 ),
             },
             "duet.createRoom" => {
+                // The server named, else the configured one (or that of the configured invite).
                 let server = argument
                     .or_else(|| self.settings.server.clone())
+                    .or_else(|| Some(self.settings.invite().ok()??.server))
                     .unwrap_or_else(|| "http://127.0.0.1:8000".into());
                 self.create_room(server, reply);
                 return;

@@ -356,6 +356,51 @@ async fn create_room_command_creates_a_room_with_the_open_files() {
     converge(&server, &room, "main.py", &[&ed], WAIT).await;
 }
 
+/// `duet.createRoom` without an argument creates the room on the server of the configured
+/// invite (it used to try 127.0.0.1:8000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_room_without_a_server_uses_the_invites() {
+    let (_db, server) = start().await;
+    let first = server.create_room_with(&[("main.py", "x = 1\n")]).await;
+    let ed = FakeEditor::builder(Kind::Helix)
+        .file(
+            ".duet.toml",
+            &format!("invite = \"{}\"\n", server.ws_url(&first)),
+        )
+        .start()
+        .await;
+    ed.wait_connected(WAIT).await;
+    ed.open("new.py", "y = 2\n");
+    let result = ed
+        .execute_command("duet.createRoom", json!([]))
+        .await
+        .unwrap_or_else(|e| panic!("duet.createRoom failed: {e}\n{}", ed.report()));
+    let room = parse_invite(result["invite"].as_str().expect("invite"));
+    assert_ne!(room.id, first.id);
+    wait_server_file(&server, &room, "new.py", "y = 2\n", WAIT, &[&ed]).await;
+}
+
+/// Run by hand in a terminal, `duet-lsp --version` and `--help` answer at once (they used to
+/// wait for LSP on stdin); an unknown argument is an error with the usage.
+#[test]
+fn duet_lsp_answers_version_and_help_in_a_terminal() {
+    let run = |arg: &str| {
+        std::process::Command::new(duet_e2e::binary("duet-lsp"))
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .output()
+            .expect("duet-lsp runs")
+    };
+    let version = run("--version");
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("duet-lsp "));
+    let help = run("--help");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("usage: duet-lsp"));
+    let wrong = run("--nonsense");
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("unknown argument"));
+}
+
 /// `duet.leaveRoom`: edits stay local afterwards and the status says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leave_room_command_stops_syncing() {
