@@ -94,9 +94,11 @@ async fn bridges_create_a_room_over_https_and_pair_over_wss_across_a_restart() {
         editor.open("main.py", &server.file(&room, "main.py").await.unwrap());
     }
     let editors = [&a, &b, &c];
-    a.type_text("main.py", 0, "# ann\n").await;
-    b.type_text("main.py", 0, "# bob\n").await;
-    c.type_text("main.py", 0, "# cy\n").await;
+    // One after the other: three people typing at the same place at once interleave.
+    for (editor, line) in [(&a, "# ann\n"), (&b, "# bob\n"), (&c, "# cy\n")] {
+        editor.type_text("main.py", 0, line).await;
+        converge(&server, &room, "main.py", &editors, WAIT).await;
+    }
     let text = converge(&server, &room, "main.py", &editors, WAIT).await;
     for line in ["# ann", "# bob", "# cy", "print('over TLS')"] {
         assert!(text.contains(line), "{line:?} missing from {text:?}");
