@@ -2,7 +2,10 @@
 //! updates not yet written to the store.
 //!
 //! Everything lives behind one std `Mutex`: nothing awaits while holding it, and each message is
-//! a few microseconds of CRDT work, so a lock is simpler and faster than a task per room. Peers
+//! a few microseconds of CRDT work, so a lock is simpler and faster than a task per room. The
+//! few steps that cost in proportion to the whole document (a joiner's first sync, a check on a
+//! scratch copy near a size limit) and any wait for a busy room's lock run through
+//! [`blocking`], off the async workers, so one large room never stalls the others. Peers
 //! receive frames through bounded queues filled with `try_send`; a peer whose queue is full is
 //! disconnected instead of slowing everyone else down (it re-syncs when it reconnects).
 
@@ -22,14 +25,16 @@ use yrs::{
     Transact, Update,
 };
 
+use crate::blocking::blocking;
 use crate::config::Limits;
+use crate::inspect::{inspect, Refusal};
 use crate::paths;
 
 /// The root map every room keeps its files in: path → `Y.Text`.
 pub const FILES: &str = "files";
 
 /// Key of the observer that notes which files changed.
-const DIRTY: &str = "duet-dirty";
+const CHANGES: &str = "duet-changes";
 
 /// Close codes sent to a peer, with a reason that names what happened.
 pub mod close {
@@ -119,6 +124,25 @@ impl FlushBatch {
     }
 }
 
+/// What the observer on `files` saw change.
+#[derive(Debug, Default)]
+struct Changes {
+    /// Files changed since the batch last taken for writing, so that a flush copies only those.
+    to_write: HashSet<String>,
+    /// Files changed since the sizes were last brought up to date.
+    to_measure: HashSet<String>,
+    /// Files that were given something besides plain text (an embedded type).
+    not_plain: HashSet<String>,
+}
+
+/// Updates waiting for missing parents: an upper bound of their bytes (cleared when nothing
+/// waits any more).
+#[derive(Debug, Default)]
+struct Waiting {
+    room: usize,
+    peers: HashMap<PeerId, usize>,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Sizes {
     total: usize,
@@ -130,6 +154,11 @@ struct State {
     awareness: Awareness,
     files: MapRef,
     sizes: Sizes,
+    /// Each valid file's size, kept up to date from [`Changes::to_measure`]: measuring only
+    /// what an update touched keeps a room of 2,000 files as cheap per keystroke as one file.
+    file_sizes: HashMap<String, usize>,
+    /// Bytes of updates kept aside until what they build on arrives, per room and per peer.
+    waiting: Waiting,
     peers: HashMap<PeerId, Peer>,
     next_peer: PeerId,
     unflushed: Vec<Vec<u8>>,
@@ -137,9 +166,8 @@ struct State {
     /// how far the store is behind.
     unflushed_since: Option<Instant>,
     writing_since: Option<Instant>,
-    /// Files changed since the batch last taken for writing, so that a flush copies only
-    /// those. Filled by an observer on the `files` map, hence its own lock.
-    dirty: Arc<Mutex<HashSet<String>>>,
+    /// Files changed, filled by an observer on the `files` map, hence its own lock.
+    changes: Arc<Mutex<Changes>>,
     updated_at: i64,
     idle_since: Option<Instant>,
     closed: bool,
@@ -176,20 +204,34 @@ impl Room {
                     .map_err(|e| RoomError::CorruptState(e.to_string()))?;
             }
         }
-        let dirty: Arc<Mutex<HashSet<String>>> = Arc::default();
-        let seen = dirty.clone();
-        files.observe_deep(DIRTY, move |txn, events| {
+        let changes: Arc<Mutex<Changes>> = Arc::default();
+        let seen = changes.clone();
+        files.observe_deep(CHANGES, move |txn, events| {
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
             for event in events.iter() {
-                match event {
+                let path = event.path();
+                match (event, path.front()) {
                     // Files added, replaced or removed.
-                    Event::Map(e) => seen.extend(e.keys(txn).keys().map(|k| k.to_string())),
-                    // An edit inside a file: the first step of its path is the file's key.
-                    other => {
-                        if let Some(PathSegment::Key(key)) = other.path().front() {
-                            seen.insert(key.to_string());
+                    (Event::Map(e), None) => {
+                        for key in e.keys(txn).keys() {
+                            seen.to_write.insert(key.to_string());
+                            seen.to_measure.insert(key.to_string());
                         }
                     }
+                    // An edit inside a file: the first step of its path is the file's key.
+                    (_, Some(PathSegment::Key(key))) => {
+                        let plain = path.len() == 1
+                            && match event {
+                                Event::Text(e) => e.delta(txn).iter().all(is_plain_text),
+                                _ => false,
+                            };
+                        if !plain {
+                            seen.not_plain.insert(key.to_string());
+                        }
+                        seen.to_write.insert(key.to_string());
+                        seen.to_measure.insert(key.to_string());
+                    }
+                    _ => {}
                 }
             }
         });
@@ -201,19 +243,27 @@ impl Room {
                 awareness: Awareness::new(doc),
                 files,
                 sizes: Sizes::default(),
+                file_sizes: HashMap::new(),
+                waiting: Waiting::default(),
                 peers: HashMap::new(),
                 next_peer: 1,
                 unflushed: Vec::new(),
                 unflushed_since: None,
                 writing_since: None,
-                dirty,
+                changes,
                 updated_at,
                 idle_since: Some(Instant::now()),
                 closed: false,
             }),
         };
         let mut state = room.lock();
-        state.sizes = scan(&state).0;
+        let all: Vec<String> = {
+            let txn = state.awareness.doc().transact();
+            state.files.keys(&txn).map(str::to_string).collect()
+        };
+        state.changes().to_measure.extend(all);
+        measure(&mut state);
+        *state.changes() = Changes::default();
         drop(state);
         Ok(room)
     }
@@ -232,9 +282,16 @@ impl Room {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug in yrs or here; the state is still the
         // best copy we have, so keep serving it rather than poisoning the room forever.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        match self.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            // Busy: wait where waiting blocks no async worker.
+            Err(std::sync::TryLockError::WouldBlock) => blocking(|| {
+                self.state
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+            }),
+        }
     }
 
     /// Adds a peer. Returns its id and the frames that open the conversation: our state vector
@@ -295,11 +352,14 @@ impl Room {
         }
         match message {
             Message::Sync(SyncMessage::SyncStep1(sv)) => {
-                let update = state
-                    .awareness
-                    .doc()
-                    .transact()
-                    .encode_state_as_update_v1(&sv);
+                // A joiner's first sync is in proportion to the whole document.
+                let update = blocking(|| {
+                    state
+                        .awareness
+                        .doc()
+                        .transact()
+                        .encode_state_as_update_v1(&sv)
+                });
                 Ok(Some(frame(Message::Sync(SyncMessage::SyncStep2(update)))))
             }
             Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
@@ -325,18 +385,26 @@ impl Room {
         peer: PeerId,
         bytes: &[u8],
     ) -> Result<(), CloseReason> {
+        // Only plain texts in `files`: anything else is refused before any of it is kept.
+        let shape = inspect(bytes).map_err(|refusal| match refusal {
+            Refusal::Malformed(_) => CloseReason::new(close::INVALID_DATA, refusal.to_string()),
+            Refusal::Foreign(_) => CloseReason::new(close::POLICY, refusal.to_string()),
+        })?;
         let update = Update::decode_v1(bytes)
             .map_err(|e| CloseReason::new(close::INVALID_DATA, format!("malformed update: {e}")))?;
+        let complete = shape.complete_against(&state.awareness.doc().transact());
+        if !complete {
+            self.check_waiting(state, peer, bytes.len())?;
+        }
         // An update's encoding holds every inserted string verbatim, so its length bounds how
         // much it can grow any file. Only near a limit is it worth checking on a scratch copy.
         let sizes = state.sizes;
         let near_limit = sizes.total + bytes.len() > self.limits.max_room_bytes
-            || sizes.largest + bytes.len() > self.limits.max_file_bytes
-            || sizes.files + 1 >= self.limits.max_files;
+            || sizes.largest + bytes.len() > self.limits.max_file_bytes;
         if near_limit {
-            self.check_on_scratch_copy(state, bytes)?;
+            blocking(|| self.check_on_scratch_copy(state, bytes))?;
         }
-        let (delta, had_pending) = {
+        let (delta, had_pending, waits) = {
             let mut txn = state.awareness.doc().transact_mut();
             // Parts of earlier updates may be waiting for what they build on (a peer's update
             // can arrive before the one it follows, e.g. while peers re-sync after a restart).
@@ -346,36 +414,89 @@ impl Room {
             txn.apply_update(update).map_err(|e| {
                 CloseReason::new(close::INVALID_DATA, format!("invalid update: {e}"))
             })?;
+            let waits =
+                txn.store().pending_update().is_some() || txn.store().pending_ds().is_some();
             (
                 txn.has_changes().then(|| txn.encode_update_v1()),
                 had_pending,
+                waits,
             )
         };
+        if !waits {
+            state.waiting = Waiting::default();
+        } else if !complete {
+            state.waiting.room += bytes.len();
+            *state.waiting.peers.entry(peer).or_default() += bytes.len();
+        }
         let Some(delta) = delta else { return Ok(()) };
         self.record(state, (!had_pending).then_some(peer), delta);
-        let (sizes, invalid) = scan(state);
-        state.sizes = sizes;
-        if !invalid.is_empty() {
-            // A stock Yjs client can put anything in the map; what is not a normal path to a
-            // text is taken out again for everyone, and the peer that put it there is closed.
-            let removal = {
-                let mut txn = state.awareness.doc().transact_mut();
-                for key in &invalid {
-                    state.files.remove(&mut txn, key);
-                }
-                txn.encode_update_v1()
-            };
-            self.record(state, None, removal);
-            state.sizes = scan(state).0;
+        self.enforce(state)
+    }
+
+    /// Refuses an update that would wait for missing parents past the room's or this peer's
+    /// share: such updates are kept whole until their parents arrive, and sent to joiners.
+    fn check_waiting(&self, state: &State, peer: PeerId, len: usize) -> Result<(), CloseReason> {
+        let room_limit = self.limits.max_message_bytes;
+        let peer_limit = room_limit / 2;
+        let by_peer = state.waiting.peers.get(&peer).copied().unwrap_or(0);
+        if state.waiting.room + len > room_limit || by_peer + len > peer_limit {
             return Err(CloseReason::new(
                 close::POLICY,
                 format!(
-                    "invalid file entry {:?}: keys must be workspace-relative paths to texts",
-                    invalid[0]
+                    "too many updates waiting for the ones they build on (limit {peer_limit} bytes per peer, {room_limit} per room); reconnect to re-sync"
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// Brings the sizes up to date after an update and takes out again, for everyone, what
+    /// breaks the room's rules — keys that are not normal paths to texts, anything but plain
+    /// text inside a file, files past the file limit — closing the peer that put it there.
+    fn enforce(&self, state: &mut State) -> Result<(), CloseReason> {
+        let verdict = measure(state);
+        let too_many = state.sizes.files > self.limits.max_files && !verdict.added.is_empty();
+        if verdict.invalid.is_empty() && verdict.not_plain.is_empty() && !too_many {
+            return Ok(());
+        }
+        let removal = {
+            let mut txn = state.awareness.doc().transact_mut();
+            for key in &verdict.invalid {
+                state.files.remove(&mut txn, key);
+            }
+            if too_many {
+                for key in &verdict.added {
+                    state.files.remove(&mut txn, key);
+                }
+            }
+            for key in &verdict.not_plain {
+                if let Some(Out::YText(text)) = state.files.get(&txn, key) {
+                    keep_plain_text(&mut txn, &text);
+                }
+            }
+            txn.encode_update_v1()
+        };
+        self.record(state, None, removal);
+        measure(state);
+        state.changes().not_plain.clear();
+        Err(if let Some(key) = verdict.invalid.first() {
+            CloseReason::new(
+                close::POLICY,
+                format!(
+                    "invalid file entry {key:?}: keys must be workspace-relative paths to texts"
+                ),
+            )
+        } else if too_many {
+            CloseReason::new(
+                close::TOO_BIG,
+                format!("too many files: limit is {}", self.limits.max_files),
+            )
+        } else {
+            CloseReason::new(
+                close::POLICY,
+                "files hold plain text only: embedded content was removed",
+            )
+        })
     }
 
     /// Applies the update to a copy of the document and refuses it if the copy breaks a limit.
@@ -440,10 +561,9 @@ impl Room {
         // Until the write succeeds (`flushed`), `/readyz` must not call the store current.
         state.writing_since = state.unflushed_since.take();
         let updates = std::mem::take(&mut state.unflushed);
-        let dirty: Vec<String> =
-            std::mem::take(&mut *state.dirty.lock().unwrap_or_else(|p| p.into_inner()))
-                .into_iter()
-                .collect();
+        let dirty: Vec<String> = std::mem::take(&mut state.changes().to_write)
+            .into_iter()
+            .collect();
         let (mut changed_files, mut removed_files) = (Vec::new(), Vec::new());
         {
             let txn = state.awareness.doc().transact();
@@ -469,9 +589,10 @@ impl Room {
         state.unflushed.extend(newer);
         state.unflushed_since = state.writing_since.take().or(state.unflushed_since);
         // The next write copies these files again.
-        let mut dirty = state.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        dirty.extend(batch.changed_files.into_iter().map(|(path, _)| path));
-        dirty.extend(batch.removed_files);
+        let mut changes = state.changes();
+        let to_write = &mut changes.to_write;
+        to_write.extend(batch.changed_files.into_iter().map(|(path, _)| path));
+        to_write.extend(batch.removed_files);
     }
 
     /// The batch taken last is written.
@@ -504,14 +625,19 @@ impl Room {
             .encode_state_as_update_v1(&StateVector::default())
     }
 
+    /// The files and their sizes (no copy of any text).
     pub fn files(&self) -> Vec<FileInfo> {
-        file_texts(&self.lock())
-            .into_iter()
-            .map(|(path, text)| FileInfo {
-                path,
-                size: text.len(),
+        let mut files: Vec<FileInfo> = self
+            .lock()
+            .file_sizes
+            .iter()
+            .map(|(path, size)| FileInfo {
+                path: path.clone(),
+                size: *size,
             })
-            .collect()
+            .collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
     }
 
     pub fn file_text(&self, path: &str) -> Option<String> {
@@ -681,22 +807,90 @@ fn apply_awareness(
     Ok(())
 }
 
-fn file_texts(state: &State) -> Vec<(String, String)> {
-    let txn = state.awareness.doc().transact();
-    let mut files: Vec<(String, String)> = state
-        .files
-        .iter(&txn)
-        .filter_map(|(path, value)| match value {
-            Out::YText(text) => Some((path.to_string(), text.get_string(&txn))),
-            _ => None,
-        })
-        .collect();
-    files.sort();
-    files
+impl State {
+    fn changes(&self) -> MutexGuard<'_, Changes> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-fn scan(state: &State) -> (Sizes, Vec<String>) {
-    scan_map(state.awareness.doc(), &state.files)
+/// What an update did that the room does not allow.
+#[derive(Debug, Default)]
+struct Verdict {
+    /// Keys that are not normal paths to texts.
+    invalid: Vec<String>,
+    /// Files that hold something besides plain text.
+    not_plain: Vec<String>,
+    /// Files that are new since the last measure.
+    added: Vec<String>,
+}
+
+/// Brings the sizes up to date with the files changed since the last measure.
+fn measure(state: &mut State) -> Verdict {
+    let (to_measure, not_plain) = {
+        let mut changes = state.changes();
+        (
+            std::mem::take(&mut changes.to_measure),
+            changes.not_plain.iter().cloned().collect(),
+        )
+    };
+    let mut verdict = Verdict {
+        not_plain,
+        ..Verdict::default()
+    };
+    let txn = state.awareness.doc().transact();
+    for key in to_measure {
+        let size = match state.files.get(&txn, &key) {
+            Some(Out::YText(text)) if paths::is_normal(&key) => Some(text.len(&txn) as usize),
+            Some(_) => {
+                verdict.invalid.push(key.clone());
+                None
+            }
+            None => None,
+        };
+        let old = match size {
+            Some(size) => state.file_sizes.insert(key.clone(), size),
+            None => state.file_sizes.remove(&key),
+        };
+        if old.is_none() && size.is_some() {
+            verdict.added.push(key);
+        }
+    }
+    drop(txn);
+    state.sizes = Sizes {
+        total: state.file_sizes.values().sum(),
+        largest: state.file_sizes.values().copied().max().unwrap_or(0),
+        files: state.file_sizes.len(),
+    };
+    verdict
+}
+
+/// True for a change that inserts plain text (no embedded value, no formatting) or removes.
+fn is_plain_text(change: &yrs::types::Delta<Out>) -> bool {
+    match change {
+        yrs::types::Delta::Inserted(value, attributes) => {
+            attributes.is_none() && matches!(value, Out::Any(yrs::Any::String(_)))
+        }
+        yrs::types::Delta::Retain(_, attributes) => attributes.is_none(),
+        yrs::types::Delta::Deleted(_) => true,
+    }
+}
+
+/// Removes from a file everything that is not plain text (embedded values and types).
+fn keep_plain_text(txn: &mut yrs::TransactionMut, text: &yrs::TextRef) {
+    let mut at = 0u32;
+    let mut embedded = Vec::new();
+    for chunk in text.diff(txn, yrs::types::text::YChange::identity) {
+        match &chunk.insert {
+            Out::Any(yrs::Any::String(s)) => at += s.len() as u32,
+            _ => {
+                embedded.push(at);
+                at += 1;
+            }
+        }
+    }
+    for at in embedded.into_iter().rev() {
+        text.remove_range(txn, at, 1);
+    }
 }
 
 /// Sizes of the files in the map, and the keys that are not normal paths to texts.

@@ -45,7 +45,12 @@ pub enum ConnectError {
 impl YClient {
     /// Connects and starts syncing (sync step 1). See [`YClient::wait_synced`].
     pub async fn connect(url: &str) -> Result<YClient, ConnectError> {
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        // A large room's first sync is one large frame: take any size, as the stock
+        // provider does.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(None)
+            .max_frame_size(None);
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
             .await
             .map_err(|e| match e {
                 tokio_tungstenite::tungstenite::Error::Http(response) => {
@@ -136,19 +141,32 @@ impl YClient {
         let _ = self.out.send(message);
     }
 
-    /// Edits a file (created if missing) and sends the update.
-    pub fn edit(&self, file: &str, f: impl FnOnce(&mut yrs::TransactionMut, &yrs::TextRef)) {
+    /// Changes the document in one transaction and sends the update: anything a stock Yjs
+    /// client could do, `files` and any other root type alike.
+    pub fn transact(&self, f: impl FnOnce(&mut yrs::TransactionMut, &MapRef)) {
         let update = {
             let state = self.lock();
             let mut txn = state.doc().transact_mut();
-            let text = match self.files.get(&txn, file) {
-                Some(Out::YText(text)) => text,
-                _ => self.files.insert(&mut txn, file, TextPrelim::new("")),
-            };
-            f(&mut txn, &text);
+            f(&mut txn, &self.files);
             txn.encode_update_v1()
         };
+        self.send_update(update);
+    }
+
+    /// Sends an update as it is (it need not come from our document).
+    pub fn send_update(&self, update: Vec<u8>) {
         self.send_message(Message::Sync(SyncMessage::Update(update)));
+    }
+
+    /// Edits a file (created if missing) and sends the update.
+    pub fn edit(&self, file: &str, f: impl FnOnce(&mut yrs::TransactionMut, &yrs::TextRef)) {
+        self.transact(|txn, files| {
+            let text = match files.get(txn, file) {
+                Some(Out::YText(text)) => text,
+                _ => files.insert(txn, file, TextPrelim::new("")),
+            };
+            f(txn, &text);
+        });
     }
 
     pub fn insert(&self, file: &str, index: u32, text: &str) {
