@@ -94,6 +94,9 @@ pub struct Settings {
     /// A PEM file of CA certificates trusted besides the system's, for a server whose
     /// certificate comes from a private CA. Relative to the `.duet.toml` that names it.
     pub ca: Option<PathBuf>,
+    /// The server's creation secret (its `--create-token`), sent when creating a room.
+    #[serde(rename = "createToken", alias = "create_token")]
+    pub create_token: Option<String>,
 }
 
 impl Settings {
@@ -108,6 +111,7 @@ impl Settings {
             color: other.color.or(self.color),
             peer_diagnostics: other.peer_diagnostics.or(self.peer_diagnostics),
             ca: other.ca.or(self.ca),
+            create_token: other.create_token.or(self.create_token),
         }
     }
 
@@ -122,6 +126,7 @@ impl Settings {
             color: var("DUET_COLOR"),
             peer_diagnostics: var("DUET_PEER_DIAGNOSTICS").map(|v| v == "1" || v == "true"),
             ca: var("DUET_CA_FILE").map(PathBuf::from),
+            create_token: var("DUET_CREATE_TOKEN"),
         }
     }
 
@@ -232,6 +237,8 @@ mod tests {
         assert_eq!(invite.server, "http://h:1");
         let ca = Settings::from_toml("ca = \"certs/ca.pem\"", Path::new("/w/.duet.toml")).unwrap();
         assert_eq!(ca.ca.as_deref(), Some(Path::new("/w/certs/ca.pem")));
+        let secret = Settings::from_toml("create_token = \"s\"", Path::new("x.toml")).unwrap();
+        assert_eq!(secret.create_token.as_deref(), Some("s"));
         assert!(Settings::from_toml("nmae = 1", Path::new("x.toml"))
             .unwrap_err()
             .contains("x.toml"));

@@ -1389,6 +1389,7 @@ impl Session {
             .collect();
         let events = self.events.clone();
         let ca = self.settings.ca.clone();
+        let create_token = self.settings.create_token.clone();
         tokio::spawn(async move {
             let result = async {
                 let base = server
@@ -1399,8 +1400,11 @@ impl Session {
                     true => tls::http_client(tls::client_config(ca.as_deref())?)?,
                     false => reqwest::Client::new(),
                 };
-                let response = http
-                    .post(format!("{base}/rooms"))
+                let mut request = http.post(format!("{base}/rooms"));
+                if let Some(secret) = &create_token {
+                    request = request.bearer_auth(secret);
+                }
+                let response = request
                     .json(&json!({"files": files}))
                     .timeout(Duration::from_secs(10))
                     .send()

@@ -21,8 +21,9 @@ use uuid::Uuid;
 
 use crate::auth;
 use crate::autocomplete::{Engine, IdentifierIndex};
+use crate::gate::Refused;
 use crate::paths;
-use crate::proxy::{self, Edge, WsBase};
+use crate::proxy::{self, ClientAddr, Edge, WsBase};
 use crate::room::RoomMeta;
 use crate::rooms::{NewRoom, Rooms, RoomsError};
 use crate::ws;
@@ -68,6 +69,8 @@ pub fn router(state: AppState) -> Router {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// For 429: when to try again.
+    retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -75,6 +78,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -91,6 +95,12 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 "Bearer".parse().expect("static header"),
             );
+        }
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.max(1).into());
         }
         response
     }
@@ -213,11 +223,48 @@ fn main_file_for(language: Option<&str>) -> &'static str {
     }
 }
 
+/// The creation secret and the client's rate: checked before anything else.
+fn admit(app: &AppState, client: ClientAddr, headers: &HeaderMap) -> ApiResult<()> {
+    let secret = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match app.rooms.gate().admit(client.0, secret) {
+        Ok(()) => Ok(()),
+        Err(Refused::Unauthorized) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this server creates rooms only for those who have its creation secret: send `Authorization: Bearer <secret>` (the bridge: `create_token` in .duet.toml or DUET_CREATE_TOKEN)",
+        )),
+        Err(Refused::Forbidden) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wrong creation secret",
+        )),
+        Err(Refused::TooMany(wait)) => {
+            tracing::info!(client = %client, "room creation refused: rate limit");
+            Err(ApiError {
+                retry_after: Some(wait),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many rooms created from your address (the limit is {} a minute); try again in {} s",
+                        app.rooms.limits().max_rooms_per_minute,
+                        wait.as_secs() + 1
+                    ),
+                )
+            })
+        }
+    }
+}
+
 async fn create_room(
     State(app): State<AppState>,
     Extension(base): Extension<WsBase>,
+    Extension(client): Extension<ClientAddr>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
+    admit(&app, client, &headers)?;
     let request: CreateRoom = if body.iter().all(u8::is_ascii_whitespace) {
         CreateRoom::default()
     } else {

@@ -82,10 +82,36 @@ pub struct Limits {
     #[arg(long, env = "DUET_MAX_PRESENCE_STATES", default_value_t = 4)]
     pub max_presence_states: usize,
 
+    /// Rooms one client (address; IPv6: its /64) may create per minute (bursts of as many).
+    #[arg(long, env = "DUET_MAX_ROOMS_PER_MINUTE", default_value_t = 30)]
+    pub max_rooms_per_minute: u32,
+
+    /// A secret that `POST /rooms` must bear (`Authorization: Bearer <secret>`): set it on a
+    /// public server so that only those who have it create rooms. Unset: anyone may.
+    #[arg(long, env = "DUET_CREATE_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub create_token: Option<Secret>,
+
     /// Messages queued for one connection before it counts as too slow and is disconnected
     /// (it re-syncs when it reconnects).
     #[arg(long, env = "DUET_SEND_QUEUE", default_value_t = 512)]
     pub send_queue: usize,
+}
+
+/// A secret from the command line: never shown, not even in debug output.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+fn secret(value: &str) -> Result<Secret, String> {
+    match value.trim() {
+        "" => Err("the secret is empty".into()),
+        value => Ok(Secret(value.to_string())),
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]

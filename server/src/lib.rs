@@ -15,6 +15,8 @@ pub mod blocking;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+pub mod gate;
+#[cfg(feature = "server")]
 pub mod inspect;
 #[cfg(feature = "server")]
 pub mod metrics;

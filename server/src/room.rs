@@ -934,6 +934,8 @@ mod tests {
             max_messages_per_second: 1000,
             max_presence_bytes: 1024,
             max_presence_states: 2,
+            max_rooms_per_minute: 10,
+            create_token: None,
             send_queue: 64,
         })
     }

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::auth;
 use crate::blocking::blocking;
 use crate::config::{Limits, Persistence};
+use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::room::{close, now_ms, CloseReason, FlushBatch, Room, RoomMeta};
 use crate::store::{Store, StoreError};
@@ -50,6 +51,7 @@ struct Shared {
     // Serialises loads so that two first joins to the same room build it once.
     loading: tokio::sync::Mutex<()>,
     degraded: AtomicBool,
+    gate: Gate,
 }
 
 /// A cheap handle on the room registry.
@@ -72,8 +74,13 @@ impl Rooms {
         persistence: Persistence,
         metrics: Arc<Metrics>,
     ) -> Rooms {
+        let gate = Gate::new(
+            limits.create_token.as_ref().map(|secret| secret.0.as_str()),
+            limits.max_rooms_per_minute,
+        );
         Rooms {
             shared: Arc::new(Shared {
+                gate,
                 store,
                 limits: Arc::new(limits),
                 persistence,
@@ -95,6 +102,11 @@ impl Rooms {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// Who may create rooms, and how often.
+    pub fn gate(&self) -> &Gate {
+        &self.shared.gate
     }
 
     /// True while writes fail, or while some update has waited for the store much longer

@@ -395,8 +395,15 @@ async fn memory(args: &Args) {
         for (s, &(label, size)) in sizes.iter().enumerate() {
             eprintln!("run {run}/{}: memory, {n} rooms of {label}", args.runs);
             let db = Database::new(Backend::Sqlite);
-            // Rooms stay loaded without peers for an hour instead of a minute.
-            let server = Server::start(&db, &["--idle-unload-secs", "3600"]).await;
+            // Rooms stay loaded without peers for an hour instead of a minute, and one client
+            // may create them all at once.
+            let args = [
+                "--idle-unload-secs",
+                "3600",
+                "--max-rooms-per-minute",
+                "1000000",
+            ];
+            let server = Server::start(&db, &args).await;
             let text = source(size);
             let mut refs = Vec::new();
             for _ in 0..n {
