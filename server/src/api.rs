@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,6 +44,12 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    // Bodies as large as the limits they are checked against: a room's files as JSON, whose
+    // escapes can take up to twice the text (more only for control characters), and one file
+    // for completion.
+    let limits = state.rooms.limits();
+    let room_body = limits.max_room_bytes.saturating_mul(2) + (1 << 20);
+    let file_body = limits.max_file_bytes.saturating_mul(2) + (64 << 10);
     Router::new()
         .route("/", get(|| async { Html(API_PAGE) }))
         .route("/docs", get(|| async { Html(API_PAGE) }))
@@ -51,17 +57,54 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/rooms", post(create_room))
+        .route(
+            "/rooms",
+            post(create_room).layer(DefaultBodyLimit::max(room_body)),
+        )
         .route("/rooms/{id}", get(room_info).delete(delete_room))
         .route("/rooms/{id}/files/{*path}", get(file_text))
-        .route("/autocomplete", post(autocomplete))
+        .route(
+            "/autocomplete",
+            post(autocomplete).layer(DefaultBodyLimit::max(file_body)),
+        )
         .route("/ws/{id}", get(websocket))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /docs") })
         .layer(middleware::from_fn_with_state(
             state.edge.clone(),
             proxy::identify,
         ))
+        .layer(middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Every error is JSON, including the ones axum's extractors answer on their own (a body past
+/// its limit, a malformed query or path, a plain GET on the WebSocket endpoint, a wrong
+/// method): their text becomes `{"error": ...}`.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        text => text.to_string(),
+    };
+    let mut error = ApiError::new(status, message).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(value) = parts.headers.get(&name) {
+            error.headers_mut().insert(name, value.clone());
+        }
+    }
+    error
 }
 
 /// An error as the API reports it.

@@ -17,7 +17,7 @@ use crate::rooms::Rooms;
 
 /// How long one frame may take to go out before the peer counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the close frame may take: a peer that stopped reading may never take it.
+/// How long the peer's answer to our close frame may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the server pings each peer (browsers and our bridge answer pings by themselves).
 const PING_EVERY: Duration = Duration::from_secs(10);
@@ -155,19 +155,26 @@ pub async fn serve(
 
 /// The closing handshake: sends our close frame, then reads until the peer's answer, so that
 /// no unread bytes are left when the socket closes (they would turn the FIN into a reset, and
-/// the peer could lose our close frame and its reason). A peer that stopped reading may never
-/// take part: do not wait for it long.
+/// the peer could lose our close frame and its reason). A slow reader gets as long for the
+/// close frame as for any frame; a peer that stopped reading may never take it. Should reading
+/// fail — the rest of a frame past the size limit cannot be read as frames — the socket stays
+/// open a moment all the same, so that the peer, still busy sending, reads our close frame
+/// before the reset.
 async fn close_handshake(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     reason: CloseReason,
 ) {
+    let sent = tokio::time::timeout(SEND_TIMEOUT, sink.send(close_message(reason))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        if sink.send(close_message(reason)).await.is_ok() {
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => std::future::pending::<()>().await,
             }
         }
     })

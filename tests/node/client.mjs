@@ -281,6 +281,20 @@ const commands = {
     return {}
   },
 
+  // Sends one binary frame of `bytes` zero bytes on the live socket, as a careless or hostile
+  // peer might, and answers with the close that follows.
+  async sendRaw (c) {
+    if (provider === null || !provider.ws) throw new Error('not connected')
+    const ws = provider.ws
+    const closed = new Promise((resolve) => ws.addEventListener('close', resolve, { once: true }))
+    ws.send(Buffer.alloc(Number(c.bytes)))
+    const timeoutMs = c.timeoutMs != null ? Number(c.timeoutMs) : DEFAULT_TIMEOUT_MS
+    const ev = await Promise.race([closed, sleep(timeoutMs).then(() => null)])
+    provider.disconnect()
+    if (ev === null) throw new Error('no close within ' + timeoutMs + ' ms')
+    return closeInfo(ev)
+  },
+
   status () {
     return {
       connected: provider !== null && provider.wsconnected,
