@@ -12,6 +12,9 @@ use yrs::{Doc, Map, Out, ReadTxn, Text, TextPrelim, Transact, WriteTxn};
 
 const SECOND: Duration = Duration::from_secs(1);
 
+/// An edit of a file's text, as a hostile peer would make it.
+type Edit = Box<dyn Fn(&mut yrs::TransactionMut, &yrs::TextRef)>;
+
 /// The resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
@@ -160,7 +163,7 @@ async fn a_room_holds_plain_texts_in_files_and_nothing_else() {
         assert_eq!(code, 1008, "{reason}");
         assert!(reason.contains("root type \"notfiles\""), "{reason}");
     }
-    let refused: [(&str, Box<dyn Fn(&mut yrs::TransactionMut, &yrs::TextRef)>); 2] = [
+    let refused: [(&str, Edit); 2] = [
         (
             "an embedded object",
             Box::new(|txn, text| {
