@@ -82,6 +82,20 @@ pub struct Limits {
     #[arg(long, env = "DUET_MAX_PRESENCE_STATES", default_value_t = 4)]
     pub max_presence_states: usize,
 
+    /// Connections open at once (HTTP and WebSocket); past it, a new one is answered 503 and
+    /// closed. Lowered, with a warning, when the descriptor limit (`ulimit -n`) is too low.
+    #[arg(long, env = "DUET_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Seconds a new connection may take to send its request headers.
+    #[arg(long, env = "DUET_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a connection may send nothing before it is closed (a WebSocket peer that answers
+    /// the server's pings never is).
+    #[arg(long, env = "DUET_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+
     /// Rooms one client (address; IPv6: its /64) may create per minute (bursts of as many).
     #[arg(long, env = "DUET_MAX_ROOMS_PER_MINUTE", default_value_t = 30)]
     pub max_rooms_per_minute: u32,

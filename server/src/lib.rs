@@ -19,6 +19,8 @@ pub mod gate;
 #[cfg(feature = "server")]
 pub mod inspect;
 #[cfg(feature = "server")]
+pub mod listen;
+#[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod proxy;

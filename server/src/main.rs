@@ -12,6 +12,7 @@ use clap::Parser;
 use duet_server::api::{self, AppState};
 use duet_server::autocomplete::Engine;
 use duet_server::config::{Config, LogFormat};
+use duet_server::listen::{Guarded, Rules};
 use duet_server::metrics::Metrics;
 use duet_server::proxy::Edge;
 use duet_server::rooms::Rooms;
@@ -84,6 +85,9 @@ async fn main() -> anyhow::Result<()> {
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
     });
+    // Connection cap, header and idle timeouts: for plain HTTP and, around the handshaken
+    // connections, for TLS.
+    let rules = Rules::from_limits(&config.limits);
     let mut wait = shutdown_rx.clone();
     let stopping = async move {
         let _ = wait.changed().await;
@@ -106,12 +110,14 @@ async fn main() -> anyhow::Result<()> {
         Some(certificates) => {
             tokio::spawn(tls::reload_on_sighup(certificates.clone()));
             // The outer `tap_io` only lets axum hand each request its peer's address.
-            let listener = TlsListener::new(listener, certificates.acceptor())?.tap_io(|_| {});
+            let listener = TlsListener::new(listener, certificates.acceptor())?;
+            let listener = Guarded::new(listener, rules).tap_io(|_| {});
             axum::serve(listener, app)
                 .with_graceful_shutdown(stopping)
                 .await?
         }
         None => {
+            let listener = Guarded::new(listener, rules).tap_io(|_| {});
             axum::serve(listener, app)
                 .with_graceful_shutdown(stopping)
                 .await?

@@ -936,6 +936,9 @@ mod tests {
             max_presence_states: 2,
             max_rooms_per_minute: 10,
             create_token: None,
+            max_connections: 16,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
             send_queue: 64,
         })
     }

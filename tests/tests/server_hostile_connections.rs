@@ -2,10 +2,14 @@
 //! the body limits let `POST /rooms` reach the file and room limits, and a WebSocket peer
 //! learns why it was closed (a close code and reason, not a dropped connection).
 
+use std::time::Duration;
+
 use duet_e2e::node::NodeClient;
 use duet_e2e::server::{Backend, Database, Server};
 use duet_e2e::yclient::YClient;
 use serde_json::{json, Value};
+
+const SECOND: Duration = Duration::from_secs(1);
 
 async fn answer(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -169,4 +173,93 @@ async fn a_slow_reader_learns_why_it_was_disconnected() {
     assert_eq!(code, 1013, "{reason}");
     assert!(reason.contains("too slow"), "{reason}");
     assert_eq!(writer.closed(), None);
+}
+
+/// Reads from a raw connection until the server closes it; returns what it sent and when.
+async fn read_until_closed(socket: &mut tokio::net::TcpStream) -> (String, std::time::Instant) {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                return (
+                    String::from_utf8_lossy(&received).into_owned(),
+                    std::time::Instant::now(),
+                )
+            }
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Before, silent connections and slowloris ones (headers a byte at a time) stayed open for
+/// ever: 1,100 of them used up the descriptors and `/healthz` stopped answering. Now headers
+/// must be complete within `--header-timeout-secs`, and a connection over `--max-connections`
+/// is answered 503 (JSON) and closed, while the peers already in keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_trickling_connections_are_let_go_and_the_cap_refuses_cleanly() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let db = Database::new(Backend::Sqlite);
+    let args = ["--header-timeout-secs", "2", "--max-connections", "12"];
+    let server = Server::start(&db, &args).await;
+    let room = server.create_room_with(&[("a.txt", "")]).await;
+    let (ann, bob) = (
+        YClient::join(&server.ws_url(&room)).await,
+        YClient::join(&server.ws_url(&room)).await,
+    );
+    let address = format!("127.0.0.1:{}", server.port);
+
+    // A trickler: a byte every 300 ms, never a blank line. And silent connections.
+    let start = std::time::Instant::now();
+    let mut trickler = TcpStream::connect(&address).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+        for byte in request.iter().chain(b"a".repeat(200).iter()) {
+            if trickler.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        read_until_closed(&mut trickler).await
+    });
+    let mut silent = Vec::new();
+    for _ in 0..9 {
+        silent.push(TcpStream::connect(&address).await.unwrap());
+    }
+    // Two peers, a trickler and nine silent connections fill the twelve places.
+    let mut over = TcpStream::connect(&address).await.unwrap();
+    let (answer, _) = read_until_closed(&mut over).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("retry-after: 5") && answer.contains("\"error\""),
+        "{answer}"
+    );
+    assert!(answer.contains("connection limit"), "{answer}");
+    // The peers inside keep working all the while.
+    ann.append("a.txt", "still here\n");
+    bob.wait_text("a.txt", "still here\n", 5 * SECOND).await;
+
+    for mut socket in silent {
+        let (_, at) = read_until_closed(&mut socket).await;
+        let after = at.duration_since(start);
+        assert!(after < 10 * SECOND, "a silent connection held {after:?}");
+    }
+    let (_, at) = trickle.await.unwrap();
+    let after = at.duration_since(start);
+    assert!(
+        (SECOND..10 * SECOND).contains(&after),
+        "the trickler was let go after {after:?} (headers due within 2 s)"
+    );
+    // Places are free again.
+    let response = server
+        .http
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!((ann.closed(), bob.closed()), (None, None));
 }
