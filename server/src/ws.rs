@@ -56,7 +56,7 @@ pub async fn serve(
         Err(reason) => {
             tracing::info!(room = %room_id, reason = %reason.reason, "connection refused");
             Metrics::inc(&metrics.connections_rejected);
-            close_handshake(&mut conn.sink, &mut stream, reason).await;
+            close_handshake(&mut conn.sink, &mut stream, reason, false).await;
             metrics
                 .connections_open
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -67,6 +67,8 @@ pub async fn serve(
     let mut rate = RateLimit::new(limits.max_messages_per_second);
     let max_bytes = limits.max_message_bytes;
     let mut heard = Instant::now();
+    // The peer's last frame was cut off unread (it was over the size limit).
+    let mut unread = false;
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
 
     let outcome: Result<(), CloseReason> = async {
@@ -106,6 +108,7 @@ pub async fn serve(
                         // tungstenite calls a frame over the size limit "Space limit
                         // exceeded"; any other error is a connection that is gone.
                         Some(Err(e)) if e.to_string().contains("Space limit exceeded") => {
+                            unread = true;
                             return Err(CloseReason::new(
                                 close::TOO_BIG,
                                 format!("message too large (the limit is {max_bytes} bytes): {e}"),
@@ -145,7 +148,7 @@ pub async fn serve(
             Metrics::inc(&metrics.peers_kicked);
             tracing::info!(room = %room_id, peer, code = reason.code, reason = %reason.reason, "connection closed");
         }
-        close_handshake(&mut conn.sink, &mut stream, reason).await;
+        close_handshake(&mut conn.sink, &mut stream, reason, unread).await;
     }
     metrics
         .connections_open
@@ -156,14 +159,15 @@ pub async fn serve(
 /// The closing handshake: sends our close frame, then reads until the peer's answer, so that
 /// no unread bytes are left when the socket closes (they would turn the FIN into a reset, and
 /// the peer could lose our close frame and its reason). A slow reader gets as long for the
-/// close frame as for any frame; a peer that stopped reading may never take it. Should reading
-/// fail — the rest of a frame past the size limit cannot be read as frames — the socket stays
-/// open a moment all the same, so that the peer, still busy sending, reads our close frame
-/// before the reset.
+/// close frame as for any frame; a peer that stopped reading may never take it. When the rest
+/// of the peer's last frame is `unread` (it was past the size limit, and cannot be read as
+/// frames), the socket stays open a moment all the same, so that the peer, still busy sending,
+/// reads our close frame before the reset.
 async fn close_handshake(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     reason: CloseReason,
+    unread: bool,
 ) {
     let sent = tokio::time::timeout(SEND_TIMEOUT, sink.send(close_message(reason))).await;
     if !matches!(sent, Ok(Ok(()))) {
@@ -174,7 +178,8 @@ async fn close_handshake(
             match stream.next().await {
                 Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => std::future::pending::<()>().await,
+                Some(Err(_)) | None if unread => std::future::pending::<()>().await,
+                Some(Err(_)) | None => return,
             }
         }
     })
