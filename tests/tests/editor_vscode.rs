@@ -87,12 +87,17 @@ fn vsix() -> PathBuf {
 /// `tests/vscode/driver.mjs`: one code-server and one Chromium page. Everything it started is
 /// killed when this drops (the driver itself, and code-server's and Chromium's process groups),
 /// and then its scratch folder (the workspace, VS Code's data, the logs) is removed.
+/// One VS Code at a time: each is a code-server and a Chromium, and two at once on a small
+/// machine made VS Code too slow to open a file within the driver's bounds.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct VsCode {
     process: JsonLines,
     groups: Arc<Mutex<Vec<u32>>>,
     state_file: PathBuf,
     scratch: PathBuf,
     _dir: TempDir,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl VsCode {
@@ -101,6 +106,7 @@ impl VsCode {
     /// logs, kept when a test fails), and waits (bounded) until it shows `main.py` with the
     /// extension up.
     async fn start(label: &str, files: &[(&str, &str)], settings: Value) -> (VsCode, Value) {
+        let turn = ONE_AT_A_TIME.lock().await;
         let dir = TempDir::new(label);
         let workspace_dir = dir.0.join("ws");
         std::fs::create_dir_all(workspace_dir.join(".vscode")).expect("workspace");
@@ -170,6 +176,7 @@ impl VsCode {
             state_file: scratch.join("duet-state.json"),
             scratch,
             _dir: dir,
+            _turn: turn,
         };
         let ready = tokio::time::timeout(Duration::from_secs(45), vscode.process.events.recv())
             .await

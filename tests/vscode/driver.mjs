@@ -247,7 +247,7 @@ async function start() {
 
 /** Opens `file` of the workspace (quick open), clicks into it and puts the cursor at its end. */
 async function open(file) {
-  await poll(`${file} to open`, 15000, async () => {
+  await poll(`${file} to open`, 30000, async () => {
     await page.keyboard.press('Control+P');
     await page.waitForSelector('.quick-input-widget input', { state: 'visible', timeout: 5000 });
     await page.keyboard.type(file);
