@@ -7,7 +7,7 @@
 //! (origin [`LOCAL`]) are not reported back.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use yrs::sync::{Awareness, Message, SyncMessage};
 use yrs::types::Delta;
@@ -102,7 +102,7 @@ impl Replica {
             if txn.origin().is_some() && !ours(txn.origin()) {
                 collected
                     .lock()
-                    .expect("undo updates")
+                    .unwrap_or_else(PoisonError::into_inner)
                     .push(event.update.clone());
             }
         })
@@ -176,7 +176,8 @@ impl Replica {
 
     /// The changes peers made to linked files since the last call.
     pub fn take_remote_changes(&self) -> Vec<RemoteChange> {
-        std::mem::take(&mut *self.changes.lock().expect("changes"))
+        // The lists hold complete entries only: one left by a panicking thread is still whole.
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn text_ref(&self, path: &str) -> Option<TextRef> {
@@ -241,7 +242,7 @@ impl Replica {
                 .collect();
             changes
                 .lock()
-                .expect("changes")
+                .unwrap_or_else(PoisonError::into_inner)
                 .push((key.clone(), components));
         });
         let mut undo = UndoManager::with_options(UndoOptions {
@@ -278,7 +279,12 @@ impl Replica {
                 History::Redo => undo.redo_blocking(),
             })
             .count();
-        let updates = std::mem::take(&mut *self.undo_updates.lock().expect("undo updates"));
+        let updates = std::mem::take(
+            &mut *self
+                .undo_updates
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         (done, updates.into_iter().map(update_frame).collect())
     }
 
