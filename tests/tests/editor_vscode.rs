@@ -214,9 +214,10 @@ impl VsCode {
     async fn call(&mut self, command: Value) -> Value {
         let what = command["cmd"].clone();
         let rx = self.send(command).await;
-        let reply = tokio::time::timeout(Duration::from_secs(30), rx)
+        // Longer than the driver's own bound for any command (30 s): its answer says what failed.
+        let reply = tokio::time::timeout(Duration::from_secs(45), rx)
             .await
-            .unwrap_or_else(|_| self.fail(&format!("the driver did not answer {what} in 30 s")))
+            .unwrap_or_else(|_| self.fail(&format!("the driver did not answer {what} in 45 s")))
             .unwrap_or_else(|_| self.fail(&format!("the driver exited during {what}")));
         if reply["ok"] != true {
             self.fail(&format!("driver command {what} failed: {reply}"));

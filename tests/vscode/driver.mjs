@@ -248,8 +248,13 @@ async function start() {
 /** Opens `file` of the workspace (quick open), clicks into it and puts the cursor at its end. */
 async function open(file) {
   await poll(`${file} to open`, 30000, async () => {
-    await page.keyboard.press('Control+P');
+    // A quick open left from a try that found nothing (file search still indexing) would take
+    // Control+P for "next item", and the name typed after the old one: reuse it, retyped.
+    if (!(await page.isVisible('.quick-input-widget input'))) {
+      await page.keyboard.press('Control+P');
+    }
     await page.waitForSelector('.quick-input-widget input', { state: 'visible', timeout: 5000 });
+    await page.keyboard.press('Control+A');
     await page.keyboard.type(file);
     await page.waitForSelector('.quick-input-list .monaco-list-row', { timeout: 5000 });
     await page.keyboard.press('Enter');
