@@ -117,25 +117,25 @@ pub struct Server {
 impl Server {
     /// Starts a server with default limits plus `args`, and waits until it answers.
     pub async fn start(db: &Database, args: &[&str]) -> Server {
-        let mut server = Server {
-            child: None,
-            port: free_port(),
-            database_url: db.url.clone(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            log: db
-                .dir
-                .0
-                .join(format!("server-{}.log", uuid::Uuid::new_v4())),
-            http: reqwest::Client::new(),
-            tls: false,
-        };
-        server.spawn().await;
-        server
+        Server::launch(db, args, reqwest::Client::new(), false).await
     }
 
     /// Starts a server that serves HTTPS and WSS with `issued` (its certificate must name
     /// 127.0.0.1); [`Server::http`] trusts `ca`.
     pub async fn start_tls(db: &Database, args: &[&str], ca: &TestCa, issued: &Issued) -> Server {
+        let http = reqwest::Client::builder()
+            .add_root_certificate(ca.root())
+            .build()
+            .expect("HTTPS client");
+        let (cert, key) = (
+            issued.cert.display().to_string(),
+            issued.key.display().to_string(),
+        );
+        let tls_args = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+        Server::launch(db, &[args, &tls_args].concat(), http, true).await
+    }
+
+    async fn launch(db: &Database, args: &[&str], http: reqwest::Client, tls: bool) -> Server {
         let mut server = Server {
             child: None,
             port: free_port(),
@@ -145,18 +145,9 @@ impl Server {
                 .dir
                 .0
                 .join(format!("server-{}.log", uuid::Uuid::new_v4())),
-            http: reqwest::Client::builder()
-                .add_root_certificate(ca.root())
-                .build()
-                .expect("HTTPS client"),
-            tls: true,
+            http,
+            tls,
         };
-        server.args.extend([
-            "--tls-cert".to_string(),
-            issued.cert.display().to_string(),
-            "--tls-key".to_string(),
-            issued.key.display().to_string(),
-        ]);
         server.spawn().await;
         server
     }

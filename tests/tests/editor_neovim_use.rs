@@ -18,7 +18,7 @@ use std::time::Duration;
 use duet_e2e::eventually;
 use duet_e2e::node::NodeClient;
 use duet_e2e::nvim::{workspace_with, Nvims, WAIT};
-use duet_e2e::server::{Backend, Database, RoomRef, Server};
+use duet_e2e::server::{Backend, Database, RoomRef, Server, TempDir};
 use duet_e2e::yclient::YClient;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -41,6 +41,21 @@ fn joining(name: &str, color: &str, invite: &str) -> Value {
 const LINES: &str = "return vim.api.nvim_buf_get_lines(vim.fn.bufnr(...), 0, -1, true)";
 
 /// Waits until the buffer of `file` in Neovim `name` has exactly `lines`.
+/// A Neovim "A" (ann) on a workspace `label` holding `files`, with `open` open, joined to the
+/// room of `invite`. Keep the workspace as long as Neovim runs.
+async fn ann_joins(
+    label: &str,
+    files: &[(&str, &str)],
+    open: &[&str],
+    invite: &str,
+) -> (TempDir, Nvims) {
+    let ws = workspace_with(label, files);
+    let mut nv = Nvims::spawn().await;
+    nv.start("A", &ws.0, open, joining("ann", "#e06c75", invite))
+        .await;
+    (ws, nv)
+}
+
 async fn wait_lines(nv: &mut Nvims, name: &str, file: &str, lines: &[&str]) {
     let want = json!(lines);
     nv.wait_for(
@@ -136,15 +151,8 @@ async fn typing_at_the_end_of_a_file_stays_on_one_line() {
     ];
     let room = server.create_room_with(&files).await;
     // Every file on disk as the room has it, but absent.py, which only the room has.
-    let ws = workspace_with("nvim-eof", &files[..3]);
-    let mut nv = Nvims::spawn().await;
-    nv.start(
-        "A",
-        &ws.0,
-        &["main.py"],
-        joining("ann", "#e06c75", &server.ws_url(&room)),
-    )
-    .await;
+    let (_ws, mut nv) =
+        ann_joins("nvim-eof", &files[..3], &["main.py"], &server.ws_url(&room)).await;
     for (file, _) in &files[1..] {
         nv.cmd("A", &format!("edit {file}")).await;
     }
@@ -336,13 +344,11 @@ async fn no_message_takes_a_key() {
     let mut server = Server::start(&db, &[]).await;
     let file = "notes.txt";
     let room = server.create_room_with(&[(file, "start\n")]).await;
-    let ws = workspace_with("nvim-narrow", &[(file, "start\n")]);
-    let mut nv = Nvims::spawn().await;
-    nv.start(
-        "A",
-        &ws.0,
+    let (_ws, mut nv) = ann_joins(
+        "nvim-narrow",
+        &[(file, "start\n")],
         &[file],
-        joining("ann", "#e06c75", &server.ws_url(&room)),
+        &server.ws_url(&room),
     )
     .await;
     nv.ui("A", WIDTH, 12).await;
@@ -432,13 +438,11 @@ async fn typing_while_a_peer_types_takes_no_key() {
     let server = Server::start(&db, &[]).await;
     let file = "notes.txt";
     let room = server.create_room_with(&[(file, "top\nmine\n")]).await;
-    let ws = workspace_with("nvim-race", &[(file, "top\nmine\n")]);
-    let mut nv = Nvims::spawn().await;
-    nv.start(
-        "A",
-        &ws.0,
+    let (_ws, mut nv) = ann_joins(
+        "nvim-race",
+        &[(file, "top\nmine\n")],
         &[file],
-        joining("ann", "#e06c75", &server.ws_url(&room)),
+        &server.ws_url(&room),
     )
     .await;
     nv.ui("A", 80, 24).await;
@@ -511,13 +515,11 @@ async fn a_wide_substitution_sends_only_what_differs() {
     };
     let before = text_with(&|n| if n == 2 || n == 999 { "foo" } else { "bar" });
     let room = server.create_room_with(&[(file, &before)]).await;
-    let ws = workspace_with("nvim-wide", &[(file, &before)]);
-    let mut nv = Nvims::spawn().await;
-    nv.start(
-        "A",
-        &ws.0,
+    let (_ws, mut nv) = ann_joins(
+        "nvim-wide",
+        &[(file, &before)],
         &[file],
-        joining("ann", "#e06c75", &server.ws_url(&room)),
+        &server.ws_url(&room),
     )
     .await;
     nv.wait_statusline("A", &format!("duet: {} · 0 peers", &room.id[..8]))
@@ -566,13 +568,11 @@ async fn a_failed_join_keeps_the_room() {
     let file = "notes.txt";
     let room = server.create_room_with(&[(file, "one\n")]).await;
     let other = server.create_room_with(&[(file, "other\n")]).await;
-    let ws = workspace_with("nvim-join", &[(file, "one\n")]);
-    let mut nv = Nvims::spawn().await;
-    nv.start(
-        "A",
-        &ws.0,
+    let (_ws, mut nv) = ann_joins(
+        "nvim-join",
+        &[(file, "one\n")],
         &[file],
-        joining("ann", "#e06c75", &server.ws_url(&room)),
+        &server.ws_url(&room),
     )
     .await;
     let bob = YClient::join(&server.ws_url(&room)).await;
@@ -626,16 +626,11 @@ async fn invalid_utf8_drops_only_that_file() {
     let room = server
         .create_room_with(&[("a.txt", "café au lait\n"), ("b.txt", "other\n")])
         .await;
-    let ws = workspace_with(
+    let (_ws, mut nv) = ann_joins(
         "nvim-utf8",
         &[("a.txt", "café au lait\n"), ("b.txt", "other\n")],
-    );
-    let mut nv = Nvims::spawn().await;
-    nv.start(
-        "A",
-        &ws.0,
         &["b.txt"],
-        joining("ann", "#e06c75", &server.ws_url(&room)),
+        &server.ws_url(&room),
     )
     .await;
     nv.cmd("A", "edit a.txt").await;

@@ -2,8 +2,9 @@
 # Installs what the VS Code end-to-end test needs, once per machine (idempotent, cached):
 #   - Debian packages: chromium, ripgrep, and the tools to build code-server's native modules;
 #   - code-server 4.100.3 (VS Code 1.100.3, the last line that runs on Node 20) from the npm
-#     registry, without any of the downloads its own postinstall would make (see
-#     shared/vscode-e2e/ci-recipe.sh: native modules are built here, ripgrep is Debian's);
+#     registry, without any of the downloads its own postinstall would make (it fetches
+#     ripgrep and prebuilt native modules from the internet: here the native modules are built
+#     locally with npm's node-gyp, and ripgrep is Debian's);
 #   - playwright-core (pinned in tests/vscode/package-lock.json) into tests/vscode/node_modules.
 # code-server lives in $DUET_CODE_SERVER_DIR, by default
 # ${XDG_CACHE_HOME:-~/.cache}/duet/code-server-4.100.3 (outside the work tree, so a fresh
