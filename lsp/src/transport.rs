@@ -27,24 +27,27 @@ pub fn checked(
     tokio::spawn(async move {
         let mut input = BufReader::new(input);
         loop {
-            let bytes = match read_message(&mut input).await {
-                Ok(Some((header, body))) => match std::str::from_utf8(&body) {
-                    Ok(_) => [header, body].concat(),
-                    Err(_) => {
-                        let text = String::from_utf8_lossy(&body);
-                        let (method, uri) = what_it_concerns(&text);
-                        tracing::warn!(%method, ?uri, "a message from the editor is not valid UTF-8");
-                        let _ = events.send(Event::InvalidUtf8 { method, uri });
-                        format!("Content-Length: {}\r\n\r\n{text}", text.len()).into_bytes()
-                    }
-                },
+            let (header, body) = match read_message(&mut input).await {
+                Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading from the editor failed");
                     break;
                 }
             };
-            if writer.write_all(&bytes).await.is_err() {
+            // A valid message passes as it came, without copying it.
+            let (header, body) = match std::str::from_utf8(&body) {
+                Ok(_) => (header, body),
+                Err(_) => {
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    let (method, uri) = what_it_concerns(&text);
+                    tracing::warn!(%method, ?uri, "a message from the editor is not valid UTF-8");
+                    let _ = events.send(Event::InvalidUtf8 { method, uri });
+                    let header = format!("Content-Length: {}\r\n\r\n", text.len());
+                    (header.into_bytes(), text.into_bytes())
+                }
+            };
+            if writer.write_all(&header).await.is_err() || writer.write_all(&body).await.is_err() {
                 break;
             }
         }
