@@ -178,9 +178,10 @@ impl VsCode {
             _dir: dir,
             _turn: turn,
         };
-        let ready = tokio::time::timeout(Duration::from_secs(45), vscode.process.events.recv())
+        // Longer than the driver's own bounds for start-up (workbench, activation, first open).
+        let ready = tokio::time::timeout(Duration::from_secs(120), vscode.process.events.recv())
             .await
-            .unwrap_or_else(|_| vscode.fail("VS Code to be ready within 45 s"))
+            .unwrap_or_else(|_| vscode.fail("VS Code to be ready within 120 s"))
             .unwrap_or_else(|| vscode.fail("the driver exited before VS Code was ready"));
         if ready["event"] != "ready" {
             vscode.fail(&format!("VS Code did not start: {ready}"));
@@ -214,10 +215,11 @@ impl VsCode {
     async fn call(&mut self, command: Value) -> Value {
         let what = command["cmd"].clone();
         let rx = self.send(command).await;
-        // Longer than the driver's own bound for any command (30 s): its answer says what failed.
-        let reply = tokio::time::timeout(Duration::from_secs(45), rx)
+        // Longer than the driver's own bound for any command (60 s for an open): its answer says
+        // what failed.
+        let reply = tokio::time::timeout(Duration::from_secs(75), rx)
             .await
-            .unwrap_or_else(|_| self.fail(&format!("the driver did not answer {what} in 45 s")))
+            .unwrap_or_else(|_| self.fail(&format!("the driver did not answer {what} in 75 s")))
             .unwrap_or_else(|_| self.fail(&format!("the driver exited during {what}")));
         if reply["ok"] != true {
             self.fail(&format!("driver command {what} failed: {reply}"));

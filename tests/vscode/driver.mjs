@@ -51,6 +51,8 @@ const workspace = path.resolve(need('workspace'));
 const scratch = path.resolve(need('scratch'));
 const settingsFile = args.settings ?? path.join(here, 'settings.json');
 const openFile = args.open ?? 'main.py';
+// How long opening a file may take (every try included); an `open` command waits a little longer.
+const OPEN_BOUND_MS = 45000;
 const overallTimeout = Number(args['timeout-ms'] ?? 90000);
 const stateFile = path.join(scratch, 'duet-state.json');
 
@@ -247,18 +249,26 @@ async function start() {
 
 /** Opens `file` of the workspace (quick open), clicks into it and puts the cursor at its end. */
 async function open(file) {
-  await poll(`${file} to open`, 30000, async () => {
-    // A quick open left from a try that found nothing (file search still indexing) would take
-    // Control+P for "next item", and the name typed after the old one: reuse it, retyped.
-    if (!(await page.isVisible('.quick-input-widget input'))) {
+  // Quick open is given the file's absolute path: VS Code lists an existing absolute path at
+  // once, where a bare name waits for the file search to index the folder (slow on a busy
+  // machine). A try that fails for any reason closes the quick open, so the next one starts
+  // from a closed widget (an open one would take Control+P as "next item").
+  const target = path.join(workspace, file);
+  await poll(`${file} to open`, OPEN_BOUND_MS, async () => {
+    try {
       await page.keyboard.press('Control+P');
+      await page.waitForSelector('.quick-input-widget input', { state: 'visible', timeout: 5000 });
+      await page.keyboard.press('Control+A');
+      await page.keyboard.type(target);
+      await page.waitForSelector('.quick-input-list .monaco-list-row', { timeout: 5000 });
+      await page.keyboard.press('Enter');
+      await poll('the editor', 5000, () => readState()?.active?.path?.endsWith(`/${file}`));
+      return true;
+    } catch (e) {
+      log(`opening ${file}: ${e.message}; trying again`);
+      await page.keyboard.press('Escape');
+      return false;
     }
-    await page.waitForSelector('.quick-input-widget input', { state: 'visible', timeout: 5000 });
-    await page.keyboard.press('Control+A');
-    await page.keyboard.type(file);
-    await page.waitForSelector('.quick-input-list .monaco-list-row', { timeout: 5000 });
-    await page.keyboard.press('Enter');
-    return poll('the editor', 3000, () => readState()?.active?.path?.endsWith(`/${file}`)).catch(() => false);
   }, 200);
   await page.click('.editor-instance .monaco-editor .view-lines');
   await page.keyboard.press('Control+End');
@@ -361,7 +371,7 @@ input.on('line', (line) => {
   // One command at a time, in order (they all drive the same page).
   queue = queue.then(async () => {
     try {
-      emit({ id: command.id ?? null, ok: true, ...(await withTimeout(handle(command), command.timeoutMs ?? 30000, command.cmd)) });
+      emit({ id: command.id ?? null, ok: true, ...(await withTimeout(handle(command), command.timeoutMs ?? (command.cmd === 'open' ? OPEN_BOUND_MS + 15000 : 30000), command.cmd)) });
     } catch (e) {
       emit({ id: command.id ?? null, ok: false, error: e.message });
     }
