@@ -40,6 +40,13 @@ impl Backend {
 #[tower_lsp::async_trait]
 impl LanguageServer for Backend {
     async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
+        if params
+            .client_info
+            .as_ref()
+            .is_some_and(|c| c.name.eq_ignore_ascii_case("helix"))
+        {
+            crate::logging::for_helix();
+        }
         self.ask(|reply| Event::Initialize(Box::new(params), reply))
             .await
     }

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod connection;
 pub mod encoding;
+pub mod logging;
 pub mod ot;
 pub mod replica;
 pub mod session;

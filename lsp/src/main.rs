@@ -1,5 +1,5 @@
-//! `duet-lsp`: started by the editor, speaks LSP on stdin/stdout. Logs go to stderr, or to the
-//! file named by `DUET_LOG_FILE` — never to stdout, which is the LSP channel.
+//! `duet-lsp`: started by the editor, speaks LSP on stdin/stdout. Logs go where
+//! [`duet_lsp::logging`] says — never to stdout, which is the LSP channel.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ async fn main() {
             std::process::exit(2);
         }
     }
-    init_tracing();
+    duet_lsp::logging::init();
     let (events, inbox) = mpsc::unbounded_channel();
     let stdin = transport::checked(tokio::io::stdin(), events.clone());
     let (service, socket) = LspService::build(move |client| {
@@ -54,7 +54,8 @@ usage: duet-lsp [--stdio]    (started by the editor)
 
 The room: `invite = \"ws://HOST:PORT/ws/<room>?token=<token>\"` in a .duet.toml in the project,
 DUET_INVITE, the client's initializationOptions, or the duet.joinRoom command.
-Logs: stderr, or DUET_LOG_FILE; DUET_LOG=debug for more.
+Logs: stderr, or DUET_LOG_FILE; under Helix, duet-lsp.log beside helix.log (errors also on
+stderr); DUET_LOG=debug for more.
 ";
 
 /// Ends the process on the `exit` notification. tower-lsp would only stop once stdin closes,
@@ -98,22 +99,5 @@ where
             }
             response
         })
-    }
-}
-
-fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("DUET_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
-    match std::env::var_os("DUET_LOG_FILE").map(|path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-    }) {
-        Some(Ok(file)) => builder.with_writer(std::sync::Mutex::new(file)).init(),
-        _ => builder.with_writer(std::io::stderr).init(),
     }
 }

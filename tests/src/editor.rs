@@ -17,6 +17,12 @@
 //!   without a `didChange` (completion previews, [`FakeEditor::helix_skip_versions`]); several
 //!   cursors are one `didChange` with several changes; the completion-preview revert hazard is
 //!   scripted by [`FakeEditor::helix_begin_completion`] / [`FakeEditor::helix_accept_completion`].
+//!   Messages (`window/showMessage`) take the one status line, each replacing the one before,
+//!   cut at 120 columns, and the next keystroke clears it ([`FakeEditor::status_line`]).
+//!   `window/showDocument` and picking from the workspace-symbol picker
+//!   ([`FakeEditor::workspace_symbols`], [`FakeEditor::pick_symbol`]) open the file as Helix does:
+//!   from disk, or as a new empty buffer with that path if it does not exist (written only on
+//!   `:w`), with a `didOpen`, and put the cursor at the range's start ([`FakeEditor::shown`]).
 //!
 //! All state lives behind one lock that is never held across an `.await`, and every message to
 //! the bridge is queued while that lock is held: like a real editor's single event loop, buffer
@@ -353,6 +359,30 @@ pub fn file_uri(path: &Path) -> String {
     uri
 }
 
+/// The reverse of [`file_uri`]'s escaping: `%XX` back to bytes (a path's bytes are UTF-8).
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn language_id(kind: Kind, path: &str) -> &'static str {
     let ext = path.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
     match ext {
@@ -519,7 +549,14 @@ struct State {
     trace_dropped: usize,
     violations: Vec<String>,
     exited: bool,
+    /// Helix: what its one status line shows, if anything.
+    status_line: Option<String>,
+    /// The document last put in front by `showDocument` or a picked symbol, and the cursor.
+    shown: Option<(String, Pos)>,
 }
+
+/// How wide Helix's status line was where it was measured.
+const HELIX_STATUS_WIDTH: usize = 120;
 
 const TRACE_LINES: usize = 20_000;
 
@@ -645,9 +682,30 @@ impl State {
         );
     }
 
+    /// Puts a document in front as Helix does: opened from disk if it is not open yet, or as a
+    /// new empty buffer with that path when there is no such file; the cursor at `at`. False for
+    /// a URI that is not a file in the workspace.
+    fn show(&mut self, uri: &str, at: Pos) -> bool {
+        let root = file_uri(&self.root) + "/";
+        let Some(path) = uri.strip_prefix(&root).map(percent_decode) else {
+            self.violation(format!(
+                "asked to show {uri}, which is not in the workspace"
+            ));
+            return false;
+        };
+        if !self.docs.contains_key(uri) {
+            let text = std::fs::read_to_string(self.root.join(&path)).unwrap_or_default();
+            self.open(&path, &text);
+        }
+        self.shown = Some((path, at));
+        true
+    }
+
     /// The user's edit: non-overlapping byte ranges of the current text, one transaction (one
     /// version, one `didChange` with one change per range).
     fn user_edit(&mut self, path: &str, mut edits: Vec<(usize, usize, String)>) {
+        // A keystroke clears Helix's status line.
+        self.status_line = None;
         let kind = self.kind;
         let encoding = self.encoding;
         let uri = self.uri(path);
@@ -770,11 +828,23 @@ impl State {
         let params = message.get("params").cloned().unwrap_or(Value::Null);
         match (method, id) {
             (Some(method), Some(id)) => self.on_request(id, &method, params),
-            (Some(method), None) => self.received.push(Received {
-                method,
-                params,
-                at: self.elapsed(),
-            }),
+            (Some(method), None) => {
+                if self.kind == Kind::Helix && method == "window/showMessage" {
+                    let line: String = params["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .replace('\n', " ")
+                        .chars()
+                        .take(HELIX_STATUS_WIDTH)
+                        .collect();
+                    self.status_line = Some(line);
+                }
+                self.received.push(Received {
+                    method,
+                    params,
+                    at: self.elapsed(),
+                })
+            }
             (None, Some(id)) => {
                 let waiter = id.as_i64().and_then(|id| self.waiters.remove(&id));
                 match waiter {
@@ -837,7 +907,14 @@ impl State {
             }
             "window/showDocument" => {
                 record(self);
-                self.reply(id, json!({"success": true}));
+                if self.kind == Kind::Helix {
+                    let uri = params["uri"].as_str().unwrap_or_default().to_string();
+                    let at = parse_pos(&params["selection"]["start"]).unwrap_or(Pos::new(0, 0));
+                    let success = self.show(&uri, at);
+                    self.reply(id, json!({ "success": success }));
+                } else {
+                    self.reply(id, json!({"success": true}));
+                }
             }
             _ => {
                 record(self);
@@ -1297,6 +1374,8 @@ impl FakeEditor {
                 trace_dropped: 0,
                 violations: Vec::new(),
                 exited: false,
+                status_line: None,
+                shown: None,
             })
         });
         let writer = tokio::spawn(async move {
@@ -1448,8 +1527,20 @@ impl FakeEditor {
             .and_then(|r| r.params["state"].as_str().map(str::to_owned))
     }
 
+    /// What the bridge logged: on stderr, and (under Helix) in the file beside `helix.log`.
     pub fn log(&self) -> String {
+        let read = |path: PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+        read(self.dir.0.join("bridge.log")) + &read(self.helix_log_file())
+    }
+
+    /// Only what the bridge wrote on stderr (Helix shows each line of it as an error).
+    pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("bridge.log")).unwrap_or_default()
+    }
+
+    /// Where the bridge logs under Helix: beside `helix.log` in Helix's cache directory.
+    pub fn helix_log_file(&self) -> PathBuf {
+        self.dir.0.join("home/.cache/helix/duet-lsp.log")
     }
 
     /// Whether the bridge process is still running.
@@ -1619,6 +1710,52 @@ impl FakeEditor {
             Ok(v) => v,
             Err(e) => panic!("{}: completion failed: {e}\n{}", self.label, self.report()),
         }
+    }
+
+    /// Helix: the workspace-symbol picker's entries for `query` (`workspace/symbol`).
+    pub async fn workspace_symbols(&self, query: &str) -> Vec<Value> {
+        match self
+            .request("workspace/symbol", json!({ "query": query }))
+            .await
+        {
+            Ok(Value::Array(symbols)) => symbols,
+            Ok(Value::Null) => Vec::new(),
+            Ok(other) => panic!("{}: workspace/symbol answered {other}", self.label),
+            Err(e) => panic!(
+                "{}: workspace/symbol failed: {e}\n{}",
+                self.label,
+                self.report()
+            ),
+        }
+    }
+
+    /// Helix: picks a symbol in the picker, which opens its file at its range.
+    pub fn pick_symbol(&self, symbol: &Value) {
+        let location = &symbol["location"];
+        let uri = location["uri"].as_str().expect("a symbol's location URI");
+        let at = parse_pos(&location["range"]["start"]).unwrap_or(Pos::new(0, 0));
+        assert!(
+            self.lock().show(uri, at),
+            "{}: cannot open {uri}",
+            self.label
+        );
+    }
+
+    /// Helix: what the status line shows now (the last message, until a keystroke).
+    pub fn status_line(&self) -> Option<String> {
+        self.lock().status_line.clone()
+    }
+
+    /// The workspace path and cursor of the document last put in front (`showDocument`, a
+    /// picked symbol).
+    pub fn shown(&self) -> Option<(String, Pos)> {
+        self.lock().shown.clone()
+    }
+
+    /// Whether a document is open.
+    pub fn is_open(&self, path: &str) -> bool {
+        let s = self.lock();
+        s.docs.contains_key(&s.uri(path))
     }
 
     /// `shutdown` then `exit` with stdin left open (as editors may); waits 5 s for the process

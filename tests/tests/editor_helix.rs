@@ -1,14 +1,19 @@
-//! The Helix configuration in `editors/helix/`: `languages.toml` must keep Helix 25.07's own
-//! servers for every language it touches (setting `language-servers` replaces Helix's list)
-//! and add duet after them, as recorded in `defaults.toml`.
-//!
-//! Helix itself cannot run here, so this checks the files. Each check is a function that
-//! returns what is wrong; the tests at the bottom feed it broken copies of the files to show
+//! Helix with duet. First the configuration in `editors/helix/`: `languages.toml` must keep
+//! Helix 25.07's own servers for every language it touches (setting `language-servers`
+//! replaces Helix's list) and add duet after them, as recorded in `defaults.toml`. Each check
+//! is a function that returns what is wrong; tests feed it broken copies of the files to show
 //! that it notices.
+//!
+//! Then Helix in use: Helix itself cannot run here, so the scripted stand-in
+//! (`duet_e2e::editor`, [`Kind::Helix`]) plays it against the real bridge and server — its
+//! one-line status that the next message replaces, its workspace-symbol picker and
+//! `window/showDocument` — to show that a Helix user finds what they need without reading logs.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use duet_e2e::editor::{FakeEditor, Kind};
+use duet_e2e::server::{Backend, Database, Server};
 use toml::{Table, Value};
 
 /// The languages the configuration must cover.
@@ -32,6 +37,7 @@ const COMMON: &[&str] = &[
     "css",
     "bash",
     "lua",
+    "make",
 ];
 
 fn helix_dir() -> PathBuf {
@@ -153,9 +159,6 @@ fn check_defaults_kept(languages_src: &str, defaults_src: &str) -> Result<(), St
         let default = default
             .as_array()
             .ok_or_else(|| format!("defaults.toml: {name} is not an array"))?;
-        if default.is_empty() {
-            return Err(format!("defaults.toml: {name} has no servers"));
-        }
         if default.iter().any(|s| server_name(s) == Some("duet")) {
             return Err(format!(
                 "defaults.toml: {name} lists duet, which is not Helix's"
@@ -220,8 +223,16 @@ fn check_text_language(languages: &str, _defaults: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Every language has duet once, as its last server; only `text` has nothing but duet.
-fn check_duet_alone_only_for_text(languages: &str, _defaults: &str) -> Result<(), String> {
+/// Every language has duet once, as its last server; only `text` and the languages Helix gives
+/// no server (an empty list in defaults.toml, such as `make`) have nothing but duet.
+fn check_duet_alone_only_for_text(languages: &str, defaults_src: &str) -> Result<(), String> {
+    let defaults = defaults(defaults_src)?;
+    let serverless = |name: &str| {
+        defaults
+            .get(name)
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+    };
     for lang in self::languages(languages) {
         let name = language_name(&lang)?;
         let servers = servers_of(&lang, name)?;
@@ -231,7 +242,7 @@ fn check_duet_alone_only_for_text(languages: &str, _defaults: &str) -> Result<()
         {
             return Err(format!("{name}: duet must be listed once, last: {names:?}"));
         }
-        if names.len() == 1 && name != "text" {
+        if names.len() == 1 && name != "text" && !serverless(name) {
             return Err(format!(
                 "{name}: duet is its only server, which drops all of Helix's servers for it"
             ));
@@ -590,6 +601,18 @@ fn duet_alone_outside_text_is_caught() {
     });
 }
 
+/// A language Helix gives no server still needs its (empty) defaults recorded, and gets duet
+/// alone only while they are empty.
+#[test]
+fn duet_alone_is_kept_to_languages_without_servers() {
+    let (languages, defaults) = shipped();
+    let make_has_a_server = replace_once(&defaults, "make = []", "make = [\"make-lsp\"]");
+    assert!(check_duet_alone_only_for_text(&languages, &make_has_a_server).is_err());
+    assert!(check_defaults_kept(&languages, &make_has_a_server).is_err());
+    let make_unrecorded = replace_once(&defaults, "make = []\n", "");
+    assert!(check_defaults_kept(&languages, &make_unrecorded).is_err());
+}
+
 #[test]
 fn a_missing_common_language_is_caught() {
     assert_caught(check_common_languages, "lua removed", |l| {
@@ -652,4 +675,47 @@ fn defaults_without_their_source_are_caught() {
         check_defaults_source(&languages, &no_header).is_err(),
         "a missing header comment was missed"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helix in use (the scripted stand-in against the real bridge and server)
+
+async fn start_server() -> (Database, Server) {
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    (db, server)
+}
+
+/// Helix logs every line a server writes on stderr as an error: under Helix the bridge logs to
+/// `duet-lsp.log` beside `helix.log`, and stderr stays empty while nothing goes wrong. Other
+/// editors still get the log on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_helix_the_log_goes_beside_helix_log_not_to_stderr() {
+    let (_db, server) = start_server().await;
+    let room = server.create_room_with(&[("a.py", "x = 1\n")]).await;
+    let helix = FakeEditor::builder(Kind::Helix)
+        .label("helix-log")
+        .join(&server, &room, "a.py")
+        .await;
+    let file = std::fs::read_to_string(helix.helix_log_file()).unwrap_or_default();
+    assert!(
+        file.contains("joining") && file.contains("initialized"),
+        "the bridge's log is not in {}: {file:?}",
+        helix.helix_log_file().display()
+    );
+    assert!(
+        !helix.stderr().contains(" INFO ") && !helix.stderr().contains(" DEBUG "),
+        "the bridge still logs on stderr under Helix: {}",
+        helix.stderr()
+    );
+    let vscode = FakeEditor::builder(Kind::VsCode)
+        .label("vscode-log")
+        .join(&server, &room, "a.py")
+        .await;
+    assert!(
+        vscode.stderr().contains("joining"),
+        "VS Code's bridge no longer logs on stderr: {}",
+        vscode.stderr()
+    );
+    assert!(!vscode.helix_log_file().exists());
 }

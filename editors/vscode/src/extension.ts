@@ -35,11 +35,15 @@ interface Position {
   character: number;
 }
 
-/** One entry of `duet/peers`. `uri`/`range` are missing when the peer's file is not open here. */
+/**
+ * One entry of `duet/peers`. `path` is the peer's file in the room; `uri` where it is (or would
+ * be) here; `range` is missing when that file is not open here.
+ */
 interface Peer {
   clientId: number;
   name: string;
   color: string;
+  path?: string;
   uri?: string;
   range?: { start: Position; end: Position };
 }
@@ -59,6 +63,10 @@ const CURSOR_INTERVAL_MS = 50;
  */
 const STATUS_BAR_MESSAGES = ['duet: nothing of yours to '];
 const STATUS_BAR_MESSAGE_MS = 5000;
+/** Whether a bridge message says the connection is down: it is shown until it is back. */
+function saysOffline(message: string): boolean {
+  return message.startsWith('duet: offline (') || (message.startsWith('duet: cannot reach ') && message.includes('still trying'));
+}
 const DEFAULT_COLOR = '#888888';
 
 let extension: Duet | undefined;
@@ -86,6 +94,8 @@ class Duet {
   private following: number | undefined;
   private followedUri: string | undefined;
   private readonly messages: Message[] = [];
+  /** Ends the notification that says we are offline (or cannot reach the server yet). */
+  private endOfflineNotice: (() => void) | undefined;
   /** Bridge messages not to pop up while (and shortly after) a command of ours is running. */
   private readonly quiet = new Set<string>();
   private readonly statusItem: vscode.StatusBarItem;
@@ -152,11 +162,17 @@ class Duet {
   async start(): Promise<void> {
     const config = vscode.workspace.getConfiguration('duet');
     this.bridgePath = findBridge(config.get<string>('path', ''));
+    if (!this.bridgePath && !config.get<string>('path', '').trim()) {
+      this.bridgePath = cargoInstalled();
+      if (this.bridgePath) {
+        this.offerBridgePath(this.bridgePath);
+      }
+    }
     if (!this.bridgePath) {
       const configured = config.get<string>('path', '');
       this.bridgeError = configured
         ? `duet: the bridge was not found at "${configured}" (setting duet.path).`
-        : `duet: ${BRIDGE} was not found on PATH. Install it (cargo install --path lsp) or set duet.path to the binary.`;
+        : `duet: ${BRIDGE} was not found on PATH nor in ${cargoBin()}. Install it (cargo install --path lsp) or set duet.path to the binary.`;
       this.log(this.bridgeError);
       this.render();
       void vscode.window.showErrorMessage(this.bridgeError, 'Open Settings').then((choice) => {
@@ -213,6 +229,21 @@ class Duet {
       void vscode.window.showErrorMessage(this.bridgeError);
     }
     this.render();
+  }
+
+  /**
+   * `duet-lsp` was not on the PATH VS Code has (code-server takes its PATH from a login shell,
+   * which may lack ~/.cargo/bin) but where `cargo install` puts it: it is used, and saving it as
+   * `duet.path` is offered.
+   */
+  private offerBridgePath(found: string): void {
+    const message = `duet: ${BRIDGE} is not on the PATH VS Code was given; using ${found}. Save it as the setting duet.path?`;
+    this.log(message);
+    void vscode.window.showInformationMessage(message, 'Save as duet.path').then((choice) => {
+      if (choice) {
+        void vscode.workspace.getConfiguration('duet').update('path', found, vscode.ConfigurationTarget.Global);
+      }
+    });
   }
 
   async stop(): Promise<void> {
@@ -461,8 +492,18 @@ class Duet {
   /** Shows the peer's cursor: opens their file if it is not the active one. */
   private async reveal(peer: Peer, open: boolean): Promise<void> {
     if (!peer.uri || !peer.range) {
-      if (open) {
-        void vscode.window.showInformationMessage(`duet: ${peer.name} has no file open here.`);
+      if (!open) {
+        return;
+      }
+      if (!peer.path) {
+        void vscode.window.showInformationMessage(`duet: ${peer.name} has no file open.`);
+      } else if (peer.uri && fs.existsSync(vscode.Uri.parse(peer.uri).fsPath)) {
+        // Opening it shares it; the bridge then says where in it the peer is.
+        await vscode.window.showTextDocument(vscode.Uri.parse(peer.uri), { preserveFocus: false, preview: true });
+      } else {
+        void vscode.window.showInformationMessage(
+          `duet: ${peer.name} is in ${peer.path}, a file of the room that is not in your folder.`,
+        );
       }
       return;
     }
@@ -479,6 +520,10 @@ class Duet {
 
   private onStatus(status: Status): void {
     this.status = status;
+    if (status.state !== 'offline' && status.state !== 'connecting') {
+      this.endOfflineNotice?.();
+      this.endOfflineNotice = undefined;
+    }
     if (status.state === 'idle') {
       this.stopFollowing();
       this.onPeers([]);
@@ -516,6 +561,10 @@ class Duet {
       vscode.window.setStatusBarMessage(message.message, STATUS_BAR_MESSAGE_MS);
       return;
     }
+    if (saysOffline(message.message)) {
+      this.showOfflineNotice(message.message);
+      return;
+    }
     switch (message.type) {
       case 1:
         void vscode.window.showErrorMessage(message.message);
@@ -526,6 +575,21 @@ class Duet {
       default:
         void vscode.window.showInformationMessage(message.message);
     }
+  }
+
+  /**
+   * The offline notice, as a notification that closes itself once the connection is back (or
+   * the room is left): an ordinary one would stay on screen beside "back online".
+   */
+  private showOfflineNotice(text: string): void {
+    this.endOfflineNotice?.();
+    void vscode.window.withProgress(
+      { location: vscode.ProgressLocation.Notification, title: text, cancellable: false },
+      () =>
+        new Promise<void>((resolve) => {
+          this.endOfflineNotice = resolve;
+        }),
+    );
   }
 
   // ----- our cursor ----------------------------------------------------------------------------
@@ -672,7 +736,8 @@ class Duet {
           item.text = `$(sync~spin) duet ${room} · connecting`;
           break;
         case 'offline':
-          item.text = `$(debug-disconnect) duet ${room} · offline · ${peerText}`;
+          // Who is in the room is not known while offline.
+          item.text = `$(debug-disconnect) duet ${room} · offline`;
           break;
         default:
           item.text = '$(broadcast) duet: no room';
@@ -683,7 +748,7 @@ class Duet {
       }
       const lines = [
         this.status.room ? `Room ${this.status.room} on ${this.status.server ?? '?'} (${this.status.state})` : 'Not in a room',
-        ...this.peers.map((p) => `${p.name}${p.uri ? ` — ${this.where(p)}` : ''}`),
+        ...(this.status.state === 'offline' ? [] : this.peers.map((p) => `${p.name}${p.path ? ` — ${this.where(p)}` : ''}`)),
         'Click for the peer list',
       ];
       item.tooltip = lines.join('\n');
@@ -692,7 +757,7 @@ class Duet {
 
   private where(peer: Peer): string {
     if (!peer.uri || !peer.range) {
-      return '';
+      return peer.path ? `${peer.path} (not open here)` : '';
     }
     const file = vscode.workspace.asRelativePath(vscode.Uri.parse(peer.uri));
     return `${file}:${peer.range.end.line + 1}`;
@@ -771,6 +836,17 @@ function findBridge(configured: string): string | undefined {
     }
   }
   return undefined;
+}
+
+/** Where `cargo install` puts binaries: `$CARGO_HOME/bin`, by default `~/.cargo/bin`. */
+function cargoBin(): string {
+  return path.join(process.env.CARGO_HOME || path.join(os.homedir(), '.cargo'), 'bin');
+}
+
+/** `duet-lsp` where `cargo install` puts it, if it is there. */
+function cargoInstalled(): string | undefined {
+  const p = path.join(cargoBin(), BRIDGE);
+  return executable(p) ? p : undefined;
 }
 
 function executable(p: string): boolean {
