@@ -464,6 +464,13 @@ pub fn utf16_to_char(rope: &Rope, cu: usize) -> (usize, Clamped) {
     (c, Clamped::from_bool(rope.char_to_utf16_cu(c) != cu))
 }
 
+/// The position (in `encoding`) of UTF-16 offset `cu`, as the CRDT counts: a peer's cursor, a
+/// change of the room. An offset past the end is clamped to the end.
+pub fn utf16_to_position(rope: &Rope, cu: usize, encoding: PositionEncoding) -> Position {
+    let (c, _) = utf16_to_char(rope, cu);
+    char_to_position(rope, c, encoding).0
+}
+
 /// Number of UTF-16 code units in `s`.
 pub fn utf16_len(s: &str) -> usize {
     s.chars().map(char::len_utf16).sum()

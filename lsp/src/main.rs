@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use duet_lsp::backend::Backend;
-use duet_lsp::session::Session;
+use duet_lsp::session::{editor, Session};
 use duet_lsp::transport;
 use tokio::sync::mpsc;
 use tower_lsp::jsonrpc::{Request, Response};
@@ -30,7 +30,9 @@ async fn main() {
     let (events, inbox) = mpsc::unbounded_channel();
     let stdin = transport::checked(tokio::io::stdin(), events.clone());
     let (service, socket) = LspService::build(move |client| {
-        tokio::spawn(Session::new(client, events.clone()).run(inbox));
+        let (editor, to_editor) = mpsc::unbounded_channel();
+        tokio::spawn(editor::deliver(client, to_editor, events.clone()));
+        tokio::spawn(Session::new(events.clone(), editor).run(inbox));
         Backend::new(events)
     })
     .custom_method("duet/cursor", Backend::cursor)

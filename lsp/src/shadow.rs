@@ -100,7 +100,7 @@ use tower_lsp::lsp_types::{
 };
 
 use crate::encoding::{self, Clamped, PositionEncoding};
-use crate::ot::{Edit, OpError, Operation, Tie};
+use crate::ot::{Component, Edit, OpError, Operation, Tie};
 
 /// Why the shadow cannot go on; the remedy for both is [`Shadow::resync`] with the CRDT's text.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -377,6 +377,20 @@ impl Shadow {
         op.apply_to(&mut self.crdt)?;
         self.pending = self.pending.compose(op)?;
         Ok(())
+    }
+
+    /// Someone else's edit reached the CRDT, as the CRDT counts it: UTF-16 components on
+    /// [`Shadow::crdt_text`].
+    pub fn remote_changed_utf16(&mut self, components: Vec<Component>) -> Result<(), ShadowError> {
+        let op = Operation::from_utf16(&self.crdt, components)?;
+        self.remote_changed(&op)
+    }
+
+    /// The CRDT's text became `text` (a document joining a room that has its file already):
+    /// the difference reaches the editor like a peer's edit.
+    pub fn remote_replaced(&mut self, text: &str) -> Result<(), ShadowError> {
+        let op = Operation::diff(&self.crdt, &Rope::from_str(text));
+        self.remote_changed(&op)
     }
 
     /// The next `applyEdit` to send, if the editor lacks something and nothing is in flight:
