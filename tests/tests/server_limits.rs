@@ -235,6 +235,12 @@ async fn a_peer_that_stops_reading_is_disconnected(backend: Backend) {
         .await
         .unwrap();
     let writer = YClient::join(&server.ws_url(&room)).await;
+    // A socket is counted once the server has taken it into the room, a little after the
+    // handshake: wait for all three before watching the count fall.
+    duet_e2e::eventually(10 * SECOND, "three peers in the room", || async {
+        (server.room_info(&room).await["peer_count"] == 3).then_some(())
+    })
+    .await;
     let chunk = "y".repeat(64 * 1024);
     let mut sent = 0;
     // Enough to fill the stalled socket's kernel buffers and then its queue of 32.

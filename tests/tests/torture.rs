@@ -223,6 +223,17 @@ async fn run(seed: u64, edits: usize) -> Summary {
             )
             .await;
         }
+        // The buffers read the files before the bridge is in the room: typing now would be
+        // typing into a copy the join then sets aside (as it must a stale one).
+        nv.wait_for(
+            name,
+            "the bridge in the room",
+            "local s = require('duet').state.status; return s and s.state",
+            json!([]),
+            WAIT,
+            |state| state == "connected",
+        )
+        .await;
         nvims.push((name, nv));
         dirs.push(dir);
     }
