@@ -2,6 +2,7 @@
 //!
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault it is. Every room
 //! endpoint needs the room's token, as `Authorization: Bearer <token>` or `?token=<token>`.
+//! A room's versions are under `/rooms/{id}/versions` (see [`crate::history`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::autocomplete::{Engine, IdentifierIndex};
 use crate::gate::Refused;
 use crate::paths;
 use crate::proxy::{self, ClientAddr, Edge, WsBase};
-use crate::room::RoomMeta;
+use crate::room::{RoomMeta, ANONYMOUS};
 use crate::rooms::{NewRoom, Rooms, RoomsError};
 use crate::ws;
 
@@ -63,6 +64,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/rooms/{id}", get(room_info).delete(delete_room))
         .route("/rooms/{id}/files/{*path}", get(file_text))
+        .route(
+            "/rooms/{id}/versions",
+            get(list_versions).post(create_version),
+        )
+        .route(
+            "/rooms/{id}/versions/{version}/files/{*path}",
+            get(version_file),
+        )
+        .route("/rooms/{id}/versions/{version}/restore", post(restore))
         .route(
             "/autocomplete",
             post(autocomplete).layer(DefaultBodyLimit::max(file_body)),
@@ -160,6 +170,14 @@ impl From<RoomsError> for ApiError {
                     "the database is unavailable; try again shortly",
                 )
             }
+            RoomsError::NoVersion => {
+                ApiError::new(StatusCode::NOT_FOUND, "no such version in this room")
+            }
+            RoomsError::NoFileInVersion(path) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no file {path:?} in this version"),
+            ),
+            RoomsError::TooLarge(e) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e),
             RoomsError::Corrupt(e) => {
                 tracing::error!(error = %e, "room state is corrupt");
                 ApiError::new(
@@ -234,17 +252,17 @@ struct CreateRoom {
 const MAX_NAME_BYTES: usize = 200;
 const MAX_LANGUAGE_BYTES: usize = 64;
 
-/// A room's name or language: short, one line, no control characters.
+/// A room's name or language, a version's label: short, one line, no control characters.
 fn check_label(what: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
     let Some(value) = value else { return Ok(()) };
     if value.len() > max {
         return Err(ApiError::bad_request(format!(
-            "the room's {what} is longer than {max} bytes"
+            "{what} is longer than {max} bytes"
         )));
     }
     if value.chars().any(char::is_control) {
         return Err(ApiError::bad_request(format!(
-            "the room's {what} contains a control character"
+            "{what} contains a control character"
         )));
     }
     Ok(())
@@ -308,14 +326,13 @@ async fn create_room(
     body: Bytes,
 ) -> ApiResult<Response> {
     admit(&app, client, &headers)?;
-    let request: CreateRoom = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateRoom::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
-    };
-    check_label("name", request.name.as_deref(), MAX_NAME_BYTES)?;
-    check_label("language", request.language.as_deref(), MAX_LANGUAGE_BYTES)?;
+    let request: CreateRoom = json_body(&body)?;
+    check_label("the room's name", request.name.as_deref(), MAX_NAME_BYTES)?;
+    check_label(
+        "the room's language",
+        request.language.as_deref(),
+        MAX_LANGUAGE_BYTES,
+    )?;
     let limits = app.rooms.limits();
     let mut files = Vec::new();
     for (path, text) in request.files.unwrap_or_default() {
@@ -444,6 +461,179 @@ async fn file_text(
         )
     })?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// Versions listed per page when the request does not say, and at most.
+const VERSIONS_PER_PAGE: i64 = 50;
+const MAX_VERSIONS_PER_PAGE: i64 = 500;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionsQuery {
+    token: Option<String>,
+    limit: Option<i64>,
+    /// Versions older than this one (the previous page's `next_before`).
+    before: Option<i64>,
+}
+
+async fn list_versions(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<VersionsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let token = TokenQuery {
+        token: query.token.clone(),
+    };
+    let meta = authorize(&app.rooms, &id, &headers, &token).await?;
+    let limit = query.limit.unwrap_or(VERSIONS_PER_PAGE);
+    if !(1..=MAX_VERSIONS_PER_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_VERSIONS_PER_PAGE}"
+        )));
+    }
+    // One more than asked for says whether there is a next page.
+    let mut versions = app
+        .rooms
+        .store()
+        .versions(meta.id, query.before, limit + 1)
+        .await
+        .map_err(RoomsError::from)?;
+    let more = versions.len() as i64 > limit;
+    versions.truncate(limit as usize);
+    let next_before = more.then(|| versions.last().map(|v| v.id)).flatten();
+    Ok(Json(
+        json!({"versions": versions, "next_before": next_before}),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewVersion {
+    label: Option<String>,
+}
+
+/// Longest version label accepted, in bytes.
+const MAX_VERSION_LABEL_BYTES: usize = 200;
+
+async fn create_version(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let meta = authorize(&app.rooms, &id, &headers, &query).await?;
+    let request: NewVersion = json_body(&body)?;
+    let label = request
+        .label
+        .as_deref()
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    check_label("the version's label", label, MAX_VERSION_LABEL_BYTES)?;
+    let version = app.rooms.take_version(meta.id, label).await?;
+    Ok((StatusCode::CREATED, Json(version)).into_response())
+}
+
+/// A JSON body, or the default when it is empty.
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// A version number: a positive integer, as the version list gives it.
+fn parse_version(version: &str) -> ApiResult<i64> {
+    version
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0 && v.to_string() == version)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "malformed version {version:?}: expected a version id, as GET /rooms/{{id}}/versions lists them"
+            ))
+        })
+}
+
+async fn version_file(
+    State(app): State<AppState>,
+    Path((id, version, path)): Path<(String, String, String)>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let meta = authorize(&app.rooms, &id, &headers, &query).await?;
+    let version = parse_version(&version)?;
+    let path =
+        paths::normalize(&path).map_err(|e| ApiError::bad_request(format!("file path: {e}")))?;
+    let store = app.rooms.store();
+    if store
+        .version(meta.id, version)
+        .await
+        .map_err(RoomsError::from)?
+        .is_none()
+    {
+        return Err(RoomsError::NoVersion.into());
+    }
+    let text = store
+        .version_text(meta.id, version, &path)
+        .await
+        .map_err(RoomsError::from)?
+        .ok_or(RoomsError::NoFileInVersion(path))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RestoreRequest {
+    /// The files to restore; all of them when absent.
+    paths: Option<Vec<String>>,
+    /// Who restores (shown as an author of the next version).
+    author: Option<String>,
+}
+
+async fn restore(
+    State(app): State<AppState>,
+    Path((id, version)): Path<(String, String)>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let meta = authorize(&app.rooms, &id, &headers, &query).await?;
+    let version = parse_version(&version)?;
+    let request: RestoreRequest = json_body(&body)?;
+    let paths = match request.paths {
+        Some(paths) if paths.is_empty() => {
+            return Err(ApiError::bad_request(
+                "paths is empty: leave it out to restore every file",
+            ))
+        }
+        Some(paths) => {
+            let mut normal = Vec::with_capacity(paths.len());
+            for path in paths {
+                normal.push(
+                    paths::normalize(&path)
+                        .map_err(|e| ApiError::bad_request(format!("file {path:?}: {e}")))?,
+                );
+            }
+            normal.sort();
+            normal.dedup();
+            Some(normal)
+        }
+        None => None,
+    };
+    let author = request
+        .author
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty());
+    check_label("the author", author, MAX_NAME_BYTES)?;
+    let (before, restored) = app
+        .rooms
+        .restore(meta.id, version, paths, author.unwrap_or(ANONYMOUS))
+        .await?;
+    Ok(Json(json!({"restored": restored, "before": before})))
 }
 
 async fn delete_room(

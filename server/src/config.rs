@@ -42,6 +42,9 @@ pub struct Config {
     pub persistence: Persistence,
 
     #[command(flatten)]
+    pub history: History,
+
+    #[command(flatten)]
     pub network: Network,
 }
 
@@ -142,6 +145,38 @@ pub struct Persistence {
     /// Seconds a room with no peers stays in memory before it is flushed and unloaded.
     #[arg(long, env = "DUET_IDLE_UNLOAD_SECS", default_value_t = 60)]
     pub idle_unload_secs: u64,
+}
+
+/// Versions of rooms: when they are taken and how long they are kept.
+#[derive(Debug, Clone, clap::Args)]
+pub struct History {
+    /// While a room is being edited, a version is taken every this many seconds (one is also
+    /// taken when its last peer leaves, before every restore, and on request).
+    #[arg(long, env = "DUET_VERSION_INTERVAL_SECS", default_value_t = 300)]
+    pub version_interval_secs: u64,
+
+    /// Versions kept per room; older ones are pruned (0: no limit).
+    #[arg(long, env = "DUET_KEEP_VERSIONS", default_value_t = 200)]
+    pub keep_versions: u64,
+
+    /// Days a version is kept; older ones are pruned, except each room's newest (0: no limit).
+    #[arg(long, env = "DUET_KEEP_VERSIONS_DAYS", default_value_t = 30)]
+    pub keep_versions_days: u64,
+}
+
+impl History {
+    pub fn version_interval(&self) -> Duration {
+        Duration::from_secs(self.version_interval_secs)
+    }
+
+    /// What to keep as of `now` (Unix milliseconds).
+    pub fn retention(&self, now: i64) -> crate::history::Retention {
+        crate::history::Retention {
+            count: self.keep_versions,
+            since: (self.keep_versions_days > 0)
+                .then(|| now - self.keep_versions_days as i64 * 86_400_000),
+        }
+    }
 }
 
 /// How people reach the server: TLS, a public URL, reverse proxies.

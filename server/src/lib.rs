@@ -17,6 +17,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod gate;
 #[cfg(feature = "server")]
+pub mod history;
+#[cfg(feature = "server")]
 pub mod inspect;
 #[cfg(feature = "server")]
 pub mod listen;

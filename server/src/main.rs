@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         store,
         config.limits.clone(),
         config.persistence.clone(),
+        config.history.clone(),
         Arc::new(Metrics::default()),
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub update_rows_written: AtomicU64,
     pub compactions: AtomicU64,
     pub compaction_failures: AtomicU64,
+    pub versions_taken: AtomicU64,
+    pub version_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -35,7 +37,7 @@ impl Metrics {
         unflushed_rooms: usize,
         degraded: bool,
     ) -> String {
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 17] = [
             (
                 "duet_connections_total",
                 "WebSocket connections accepted",
@@ -106,6 +108,16 @@ impl Metrics {
                 "duet_compaction_failures_total",
                 "compactions that failed (tried again after the room's next flush)",
                 &self.compaction_failures,
+            ),
+            (
+                "duet_versions_taken_total",
+                "versions of rooms taken",
+                &self.versions_taken,
+            ),
+            (
+                "duet_version_failures_total",
+                "versions that could not be written (tried again after the next flush)",
+                &self.version_failures,
             ),
         ];
         let mut out = String::new();

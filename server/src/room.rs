@@ -9,7 +9,7 @@
 //! receive frames through bounded queues filled with `try_send`; a peer whose queue is full is
 //! disconnected instead of slowing everyone else down (it re-syncs when it reconnects).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -86,7 +86,20 @@ struct Peer {
     kick: Option<oneshot::Sender<CloseReason>>,
     /// Awareness client ids this connection announced; removed for everyone when it leaves.
     clients: HashSet<ClientID>,
+    /// The name it announced (awareness `user.name`).
+    name: Option<String>,
+    /// It edited since the batch last taken for writing.
+    edited: bool,
 }
+
+impl Peer {
+    fn author(&self) -> String {
+        self.name.clone().unwrap_or_else(|| ANONYMOUS.to_string())
+    }
+}
+
+/// The author of edits from a peer that announced no name.
+pub const ANONYMOUS: &str = "anonymous";
 
 /// One file as the REST API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -102,6 +115,8 @@ pub struct FlushBatch {
     pub updates: Vec<Vec<u8>>,
     pub changed_files: Vec<(String, String)>,
     pub removed_files: Vec<String>,
+    /// Who made these edits (peer names), for the next version.
+    pub authors: Vec<String>,
     pub updated_at: i64,
 }
 
@@ -162,6 +177,8 @@ struct State {
     peers: HashMap<PeerId, Peer>,
     next_peer: PeerId,
     unflushed: Vec<Vec<u8>>,
+    /// Authors of unflushed edits who are gone (peers that left, restores through REST).
+    authors: BTreeSet<String>,
     /// When the oldest unflushed update arrived, and the oldest of the batch being written:
     /// how far the store is behind.
     unflushed_since: Option<Instant>,
@@ -248,6 +265,7 @@ impl Room {
                 peers: HashMap::new(),
                 next_peer: 1,
                 unflushed: Vec::new(),
+                authors: BTreeSet::new(),
                 unflushed_since: None,
                 writing_since: None,
                 changes,
@@ -315,6 +333,8 @@ impl Room {
                 frames: link.frames,
                 kick: Some(link.kick),
                 clients: HashSet::new(),
+                name: None,
+                edited: false,
             },
         );
         state.idle_since = None;
@@ -429,6 +449,9 @@ impl Room {
             *state.waiting.peers.entry(peer).or_default() += bytes.len();
         }
         let Some(delta) = delta else { return Ok(()) };
+        if let Some(p) = state.peers.get_mut(&peer) {
+            p.edited = true;
+        }
         self.record(state, (!had_pending).then_some(peer), delta);
         self.enforce(state)
     }
@@ -574,10 +597,17 @@ impl Room {
                 }
             }
         }
+        let mut authors = std::mem::take(&mut state.authors);
+        for peer in state.peers.values_mut() {
+            if std::mem::take(&mut peer.edited) {
+                authors.insert(peer.author());
+            }
+        }
         Some(FlushBatch {
             updates,
             changed_files,
             removed_files,
+            authors: authors.into_iter().collect(),
             updated_at: state.updated_at,
         })
     }
@@ -588,6 +618,7 @@ impl Room {
         let newer = std::mem::replace(&mut state.unflushed, batch.updates);
         state.unflushed.extend(newer);
         state.unflushed_since = state.writing_since.take().or(state.unflushed_since);
+        state.authors.extend(batch.authors);
         // The next write copies these files again.
         let mut changes = state.changes();
         let to_write = &mut changes.to_write;
@@ -641,12 +672,102 @@ impl Room {
     }
 
     pub fn file_text(&self, path: &str) -> Option<String> {
-        let state = self.lock();
-        let txn = state.awareness.doc().transact();
-        match state.files.get(&txn, path) {
-            Some(Out::YText(text)) => Some(text.get_string(&txn)),
-            _ => None,
+        text_of(&self.lock(), path)
+    }
+
+    /// Gives files the texts of `wanted` (`None`: removes the file) as one new edit that every
+    /// peer receives; with `only_these`, also removes every other file. A file is changed by
+    /// replacing only the span that differs, so what peers type elsewhere in it meanwhile
+    /// stays. Returns the files it changed with their texts just before (`None`: the file did
+    /// not exist), or, when the room would break its limits, why not.
+    pub fn restore_files(
+        &self,
+        wanted: &[(String, Option<String>)],
+        only_these: bool,
+        author: &str,
+    ) -> Result<Vec<(String, Option<String>)>, String> {
+        let mut state = self.lock();
+        let mut before = Vec::new();
+        let mut targets: Vec<(&str, Option<&str>)> = wanted
+            .iter()
+            .map(|(path, text)| (path.as_str(), text.as_deref()))
+            .collect();
+        if only_these {
+            let keep: HashSet<&str> = targets.iter().map(|(path, _)| *path).collect();
+            let others: Vec<String> = state
+                .file_sizes
+                .keys()
+                .filter(|path| !keep.contains(path.as_str()))
+                .cloned()
+                .collect();
+            for path in others {
+                let text = text_of(&state, &path);
+                before.push((path, text));
+            }
+            targets.extend(before.iter().map(|(path, _)| (path.as_str(), None)));
         }
+        let mut changes = Vec::new();
+        for (path, text) in &targets {
+            let now = match before.iter().find(|(p, _)| p == path) {
+                Some((_, now)) => now.clone(),
+                None => text_of(&state, path),
+            };
+            if now.as_deref() != *text {
+                changes.push((*path, *text, now));
+            }
+        }
+        // The room after the restore must keep within its limits.
+        let (mut total, mut files) = (state.sizes.total, state.sizes.files);
+        for (_, text, now) in &changes {
+            total = total + text.map_or(0, str::len) - now.as_ref().map_or(0, String::len);
+            files = files + usize::from(text.is_some()) - usize::from(now.is_some());
+            if text.is_some_and(|t| t.len() > self.limits.max_file_bytes) {
+                return Err(format!(
+                    "a restored file would be larger than the limit of {} bytes",
+                    self.limits.max_file_bytes
+                ));
+            }
+        }
+        if total > self.limits.max_room_bytes || files > self.limits.max_files {
+            return Err(format!(
+                "the room would exceed its limits ({} bytes, {} files)",
+                self.limits.max_room_bytes, self.limits.max_files
+            ));
+        }
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let delta = {
+            let files = state.files.clone();
+            let mut txn = state.awareness.doc().transact_mut();
+            for (path, text, now) in &changes {
+                match (text, files.get(&txn, path)) {
+                    (None, _) => {
+                        files.remove(&mut txn, path);
+                    }
+                    (Some(text), Some(Out::YText(existing))) => {
+                        let now = now.as_deref().unwrap_or_default();
+                        let (at, removed, inserted) = differing_span(now, text);
+                        // Inserted first, before the span it replaces: text typed meanwhile
+                        // after that span (its origin) then stays after the new text.
+                        existing.insert(&mut txn, at as u32, inserted);
+                        let after = (at + inserted.len()) as u32;
+                        existing.remove_range(&mut txn, after, removed as u32);
+                    }
+                    (Some(text), _) => {
+                        files.insert(&mut txn, *path, yrs::TextPrelim::new(*text));
+                    }
+                }
+            }
+            txn.encode_update_v1()
+        };
+        state.authors.insert(author.to_string());
+        self.record(&mut state, None, delta);
+        measure(&mut state);
+        Ok(changes
+            .into_iter()
+            .map(|(path, _, now)| (path.to_string(), now))
+            .collect())
     }
 
     /// Presence: each announced awareness state, as the peers sent it.
@@ -722,6 +843,9 @@ fn remove_peer(state: &mut State, peer: PeerId) {
     let Some(removed) = state.peers.remove(&peer) else {
         return;
     };
+    if removed.edited {
+        state.authors.insert(removed.author());
+    }
     if state.peers.is_empty() {
         state.idle_since = Some(Instant::now());
     }
@@ -787,6 +911,7 @@ fn apply_awareness(
         if let Some(p) = state.peers.get_mut(&peer) {
             if present {
                 p.clients.insert(id);
+                p.name = announced_name(&entry.json).or(p.name.take());
             } else {
                 p.clients.remove(&id);
             }
@@ -805,6 +930,46 @@ fn apply_awareness(
     })?;
     broadcast(state, Some(peer), &message);
     Ok(())
+}
+
+fn text_of(state: &State, path: &str) -> Option<String> {
+    let txn = state.awareness.doc().transact();
+    match state.files.get(&txn, path) {
+        Some(Out::YText(text)) => Some(text.get_string(&txn)),
+        _ => None,
+    }
+}
+
+/// Where two texts differ: the byte offset of the first difference, how many bytes of `old`
+/// from there make way, and what `new` has in their place. Offsets fall on character
+/// boundaries (a room's texts count UTF-8 bytes).
+fn differing_span<'a>(old: &str, new: &'a str) -> (usize, usize, &'a str) {
+    let mut head = old
+        .bytes()
+        .zip(new.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    while !old.is_char_boundary(head) || !new.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = old[head..]
+        .bytes()
+        .rev()
+        .zip(new[head..].bytes().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    while !old.is_char_boundary(old.len() - tail) || !new.is_char_boundary(new.len() - tail) {
+        tail -= 1;
+    }
+    (head, old.len() - head - tail, &new[head..new.len() - tail])
+}
+
+/// The `user.name` of a presence state, if it has one (short, one line).
+fn announced_name(json: &str) -> Option<String> {
+    let state: serde_json::Value = serde_json::from_str(json).ok()?;
+    let name = state.get("user")?.get("name")?.as_str()?.trim();
+    let name: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
+    (!name.is_empty()).then_some(name)
 }
 
 impl State {
@@ -1064,6 +1229,19 @@ mod tests {
         drop(txn);
         room.flushed();
         assert!(!room.has_unflushed());
+    }
+
+    #[test]
+    fn a_restore_replaces_only_the_span_that_differs_on_character_boundaries() {
+        assert_eq!(differing_span("abcXdef", "abcYYdef"), (3, 1, "YY"));
+        assert_eq!(differing_span("same", "same"), (4, 0, ""));
+        assert_eq!(differing_span("", "new"), (0, 0, "new"));
+        assert_eq!(differing_span("old", ""), (0, 3, ""));
+        // é (C3 A9) and è (C3 A8) share their first byte; 🎉 and 🎊 their first three.
+        assert_eq!(differing_span("café!", "cafè!"), (3, 2, "è"));
+        assert_eq!(differing_span("a🎉b", "a🎊b"), (1, 4, "🎊"));
+        // Repeats: the shared tail never overlaps the shared head.
+        assert_eq!(differing_span("aa", "aaa"), (2, 0, "a"));
     }
 
     #[test]

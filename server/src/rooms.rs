@@ -6,19 +6,24 @@
 //! the database is away, keeps everything in memory and retries with backoff while `/readyz`
 //! reports the store as degraded. One flush is one transaction for all rooms (a group commit),
 //! so a hundred busy rooms cost one write every flush interval, not a hundred.
+//!
+//! After each flush the flusher also takes the versions that are due (see [`crate::history`]):
+//! for a room edited for the version interval, and for a room whose last peer left. Versions
+//! are built from the copies the flush has just written, so they cost the rooms nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::auth;
 use crate::blocking::blocking;
-use crate::config::{Limits, Persistence};
+use crate::config::{History, Limits, Persistence};
 use crate::gate::Gate;
+use crate::history::{Reason, Take, Version};
 use crate::metrics::Metrics;
 use crate::room::{close, now_ms, CloseReason, FlushBatch, Room, RoomMeta};
 use crate::store::{Store, StoreError};
@@ -31,7 +36,18 @@ pub enum RoomsError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Corrupt(String),
+    #[error("no such version")]
+    NoVersion,
+    #[error("no file {0:?} in this version")]
+    NoFileInVersion(String),
+    /// The restore would break the room's limits.
+    #[error("{0}")]
+    TooLarge(String),
 }
+
+/// How often rooms not in memory are looked at: versions still to take (after a crash), old
+/// versions to prune.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 struct Entry {
     room: Arc<Room>,
@@ -39,17 +55,25 @@ struct Entry {
     next_seq: i64,
     /// Updates stored since the last compaction.
     since_compaction: u64,
+    /// Files were written since the room's last version.
+    unversioned: bool,
+    /// When its last version was taken (or it was loaded).
+    versioned_at: Instant,
 }
 
 struct Shared {
     store: Store,
     limits: Arc<Limits>,
     persistence: Persistence,
+    history: History,
     metrics: Arc<Metrics>,
     // A std mutex: held only to look up or insert an entry, never across an await.
     rooms: Mutex<HashMap<Uuid, Entry>>,
     // Serialises loads so that two first joins to the same room build it once.
     loading: tokio::sync::Mutex<()>,
+    // Held while writing: a flush, a version, a restore, an unload. A version reads what the
+    // flushes wrote and clears their notes, so none may run in between.
+    writer: tokio::sync::Mutex<()>,
     degraded: AtomicBool,
     gate: Gate,
 }
@@ -72,6 +96,7 @@ impl Rooms {
         store: Store,
         limits: Limits,
         persistence: Persistence,
+        history: History,
         metrics: Arc<Metrics>,
     ) -> Rooms {
         let gate = Gate::new(
@@ -84,9 +109,11 @@ impl Rooms {
                 store,
                 limits: Arc::new(limits),
                 persistence,
+                history,
                 metrics,
                 rooms: Mutex::new(HashMap::new()),
                 loading: tokio::sync::Mutex::new(()),
+                writer: tokio::sync::Mutex::new(()),
                 degraded: AtomicBool::new(false),
             }),
         }
@@ -188,6 +215,7 @@ impl Rooms {
             .load_room(id)
             .await?
             .ok_or(RoomsError::NotFound)?;
+        let unversioned = self.shared.store.has_unversioned(id).await?;
         let room = blocking(|| {
             Room::load(
                 stored.meta,
@@ -204,6 +232,8 @@ impl Rooms {
                 room: room.clone(),
                 next_seq: stored.last_seq + 1,
                 since_compaction: stored.updates.len() as u64,
+                unversioned,
+                versioned_at: Instant::now(),
             },
         );
         Metrics::inc(&self.shared.metrics.rooms_loaded);
@@ -229,19 +259,202 @@ impl Rooms {
     pub async fn run_flusher(self, mut shutdown: watch::Receiver<bool>) {
         let interval = self.shared.persistence.flush_interval();
         let mut backoff = interval;
+        // The first sweep comes at once: a crash may have left versions to take.
+        let mut swept: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.changed() => break,
             }
+            let _writing = self.shared.writer.lock().await;
             if self.flush_all().await {
                 backoff = interval;
+                self.take_due_versions().await;
+                if swept.is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL) {
+                    swept = Some(Instant::now());
+                    self.sweep().await;
+                }
                 self.unload_idle().await;
             } else {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
         self.shutdown().await;
+    }
+
+    /// Takes a version of each room edited for the version interval, and of each room whose
+    /// last peer left since it was edited.
+    async fn take_due_versions(&self) {
+        let interval = self.shared.history.version_interval();
+        let due: Vec<(Uuid, Reason)> = self
+            .entries()
+            .iter()
+            .filter(|(_, e)| e.unversioned)
+            .filter_map(|(id, e)| {
+                if e.room.peer_count() == 0 {
+                    Some((*id, Reason::Left))
+                } else {
+                    (e.versioned_at.elapsed() >= interval).then_some((*id, Reason::Interval))
+                }
+            })
+            .collect();
+        for (id, reason) in due {
+            let take = Take {
+                reason,
+                label: None,
+                overrides: &[],
+                always: false,
+                now: now_ms(),
+            };
+            // A failure leaves the notes in the store: the next flush tries again.
+            let _ = self.write_version(id, take).await;
+        }
+    }
+
+    /// Rooms not in memory: takes the versions a crash left to take (their files were
+    /// written, their version was not), and prunes versions past their age.
+    async fn sweep(&self) {
+        let store = &self.shared.store;
+        let now = now_ms();
+        let mut rooms = store.rooms_unversioned().await.unwrap_or_default();
+        if let Some(since) = self.shared.history.retention(now).since {
+            rooms.extend(
+                store
+                    .rooms_with_versions_before(since)
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        rooms.sort();
+        rooms.dedup();
+        for id in rooms {
+            if self.loaded(id).is_some() {
+                continue;
+            }
+            let take = Take {
+                reason: Reason::Left,
+                label: None,
+                overrides: &[],
+                always: false,
+                now,
+            };
+            if self.write_version(id, take).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Takes a version and prunes the room's versions. The caller holds the writer lock.
+    async fn write_version(&self, id: Uuid, take: Take<'_>) -> Result<Option<Version>, StoreError> {
+        let store = &self.shared.store;
+        let metrics = &self.shared.metrics;
+        let version = match store.take_version(id, take).await {
+            Ok(version) => version,
+            Err(e) => {
+                Metrics::inc(&metrics.version_failures);
+                tracing::warn!(room = %id, error = %e, "version not taken; tried again later");
+                return Err(e);
+            }
+        };
+        if let Some(entry) = self.entries().get_mut(&id) {
+            entry.unversioned = false;
+            entry.versioned_at = Instant::now();
+        }
+        if let Some(version) = &version {
+            Metrics::inc(&metrics.versions_taken);
+            tracing::info!(room = %id, version = version.id, reason = ?version.reason, files = version.files.len(), "version taken");
+            let keep = self.shared.history.retention(take.now);
+            match store.prune_versions(id, keep).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(room = %id, pruned, "old versions pruned"),
+                Err(e) => tracing::warn!(room = %id, error = %e, "old versions not pruned"),
+            }
+        }
+        Ok(version)
+    }
+
+    /// Takes a version now, with everything edited so far (`POST /rooms/{id}/versions`).
+    pub async fn take_version(&self, id: Uuid, label: Option<&str>) -> Result<Version, RoomsError> {
+        let _writing = self.shared.writer.lock().await;
+        self.flush().await?;
+        let take = Take {
+            reason: Reason::Request,
+            label,
+            overrides: &[],
+            always: true,
+            now: now_ms(),
+        };
+        let version = self.write_version(id, take).await?;
+        Ok(version.expect("a version is always taken on request"))
+    }
+
+    /// Restores files as they were at version `seq` (`paths`, or all of them, then removing
+    /// files that version did not have) as a new edit by `author` that every peer receives.
+    /// A version of exactly what the restore replaced is taken with it, and returned with the
+    /// paths the restore changed (none when the files were as in that version already).
+    pub async fn restore(
+        &self,
+        id: Uuid,
+        seq: i64,
+        paths: Option<Vec<String>>,
+        author: &str,
+    ) -> Result<(Option<Version>, Vec<String>), RoomsError> {
+        let store = &self.shared.store;
+        if store.version(id, seq).await?.is_none() {
+            return Err(RoomsError::NoVersion);
+        }
+        let (wanted, only_these) = match paths {
+            Some(paths) => {
+                let mut wanted = Vec::with_capacity(paths.len());
+                for path in paths {
+                    match store.version_text(id, seq, &path).await? {
+                        Some(text) => wanted.push((path, Some(text))),
+                        None => return Err(RoomsError::NoFileInVersion(path)),
+                    }
+                }
+                (wanted, false)
+            }
+            None => {
+                let files = store.version_files(id, seq).await?;
+                (files.into_iter().map(|(p, t)| (p, Some(t))).collect(), true)
+            }
+        };
+        // Under the writer lock the room cannot unload, and the version before the restore
+        // builds on a store that has every edit so far.
+        let _writing = self.shared.writer.lock().await;
+        let room = self.get(id).await?;
+        self.flush().await?;
+        let replaced = blocking(|| room.restore_files(&wanted, only_these, author))
+            .map_err(RoomsError::TooLarge)?;
+        if replaced.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        let label = format!("before restoring version {seq}");
+        let take = Take {
+            reason: Reason::Restore,
+            label: Some(&label),
+            overrides: &replaced,
+            always: true,
+            now: now_ms(),
+        };
+        // The texts replaced live only in `replaced` now: worth a few tries.
+        let mut tries = 0;
+        let version = loop {
+            match self.write_version(id, take).await {
+                Ok(version) => break version.expect("always taken"),
+                Err(e) if tries == 4 => {
+                    tracing::error!(room = %id, error = %e, "the version before a restore could not be written");
+                    return Err(e.into());
+                }
+                Err(_) => tries += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        self.mark_unversioned(id);
+        tracing::info!(room = %id, version = seq, files = replaced.len(), "version restored");
+        let mut paths: Vec<String> = replaced.into_iter().map(|(path, _)| path).collect();
+        paths.sort();
+        Ok((Some(version), paths))
     }
 
     /// Flushes every room with buffered updates. False if any write failed.
@@ -297,6 +510,7 @@ impl Rooms {
                 continue;
             }
             room.flushed();
+            self.mark_unversioned(id);
             metrics
                 .updates_written
                 .fetch_add(batch.updates.len() as u64, Ordering::Relaxed);
@@ -366,6 +580,12 @@ impl Rooms {
         }
     }
 
+    fn mark_unversioned(&self, id: Uuid) {
+        if let Some(entry) = self.entries().get_mut(&id) {
+            entry.unversioned = true;
+        }
+    }
+
     fn set_progress(&self, id: Uuid, next_seq: i64, since_compaction: u64) {
         if let Some(entry) = self.entries().get_mut(&id) {
             entry.next_seq = next_seq;
@@ -405,6 +625,8 @@ impl Rooms {
         for attempt in 1..=10 {
             if self.flush_all().await {
                 tracing::info!(rooms = rooms.len(), "all rooms flushed");
+                // Every peer is gone: each edited room gets its version.
+                self.take_due_versions().await;
                 break;
             }
             tracing::warn!(attempt, "final flush failed; retrying");

@@ -1,7 +1,8 @@
 //! Persistence: one interface over PostgreSQL and SQLite.
 //!
-//! Both databases hold the same three tables (see `migrations/`): rooms with their compacted
-//! CRDT state, the log of updates written since, and a plain-text copy of each file. Every query
+//! Both databases hold the same tables (see `migrations/`): rooms with their compacted CRDT
+//! state, the log of updates written since, a plain-text copy of each file, and the rooms'
+//! versions (their queries are in [`crate::history`]). Every query
 //! is portable SQL run through sqlx's `Any` driver, so both back ends run the same code and the
 //! same tests; only the migration files differ (`BYTEA` against `BLOB`).
 
@@ -46,7 +47,7 @@ pub enum Backend {
 /// A cheap handle on the database pool.
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     backend: Backend,
 }
 
@@ -128,6 +129,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         upsert_files(&mut tx, meta.id, files).await?;
+        // The room's first version holds every file it starts with.
+        Store::note_unversioned(&mut tx, meta.id, files.iter().map(|(path, _)| path), &[]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -199,7 +202,8 @@ impl Store {
     }
 
     /// Appends each room's rows of updates (numbered from its `first_seq`) and changed file
-    /// copies, all in one transaction: one write per flush, never one per keystroke.
+    /// copies, and notes those files and their authors for the next version, all in one
+    /// transaction: one write per flush, never one per keystroke.
     pub async fn append(
         &self,
         batches: &[(Uuid, i64, &[Vec<u8>], &FlushBatch)],
@@ -223,6 +227,14 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
+            let written = batch.changed_files.iter().map(|(path, _)| path);
+            Store::note_unversioned(
+                &mut tx,
+                *id,
+                written.chain(&batch.removed_files),
+                &batch.authors,
+            )
+            .await?;
             sqlx::query("UPDATE rooms SET updated_at = $1 WHERE id = $2")
                 .bind(batch.updated_at)
                 .bind(&key)
@@ -256,7 +268,14 @@ impl Store {
         let key = id.to_string();
         let mut tx = self.pool.begin().await?;
         // Children first: SQLite enforces foreign keys only when asked to, per connection.
-        for table in ["room_updates", "room_files"] {
+        for table in [
+            "room_updates",
+            "room_files",
+            "room_versions",
+            "room_version_files",
+            "room_unversioned",
+            "room_unversioned_authors",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE room_id = $1"))
                 .bind(&key)
                 .execute(&mut *tx)

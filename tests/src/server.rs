@@ -265,6 +265,77 @@ impl Server {
             .expect("json")
     }
 
+    /// A REST call on a room's endpoint (`path` after `/rooms/{id}`) with its token: the
+    /// status and the body (JSON, or the text as a JSON string).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        room: &RoomRef,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, self.url(&format!("/rooms/{}{path}", room.id)))
+            .bearer_auth(&room.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("REST call");
+        let status = response.status().as_u16();
+        let json = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+        let text = response.text().await.expect("body");
+        let body = if json {
+            serde_json::from_str(&text).expect("JSON body")
+        } else {
+            Value::String(text)
+        };
+        (status, body)
+    }
+
+    /// The room's versions, newest first (the first page).
+    pub async fn versions(&self, room: &RoomRef) -> Vec<Value> {
+        let (status, body) = self
+            .call(reqwest::Method::GET, room, "/versions", None)
+            .await;
+        assert_eq!(status, 200, "GET versions: {body}");
+        body["versions"].as_array().expect("versions").clone()
+    }
+
+    /// Takes a version on request; returns it.
+    pub async fn take_version(&self, room: &RoomRef, label: &str) -> Value {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                room,
+                "/versions",
+                Some(json!({ "label": label })),
+            )
+            .await;
+        assert_eq!(status, 201, "POST versions: {body}");
+        body
+    }
+
+    /// A file's text at a version (`None` on 404).
+    pub async fn version_file(&self, room: &RoomRef, version: i64, path: &str) -> Option<String> {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                room,
+                &format!("/versions/{version}/files/{path}"),
+                None,
+            )
+            .await;
+        match status {
+            200 => Some(body.as_str().expect("text").to_string()),
+            404 => None,
+            _ => panic!("GET version file: {status} {body}"),
+        }
+    }
+
     /// One figure from `/metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self

@@ -1,5 +1,6 @@
-//! What the benchmarks (`bench-bridge`, `bench-room`) share: their flags, the machine they ran
-//! on, percentiles of one run's samples, and the median (with min–max) of a figure over runs.
+//! What the benchmarks (`bench-bridge`, `bench-room`, `bench-history`) share: their flags, the
+//! machine they ran on, the source text they edit, percentiles of one run's samples, and the
+//! median (with min–max) of a figure over runs.
 
 use std::fmt;
 use std::time::Duration;
@@ -69,6 +70,21 @@ pub fn machine() -> String {
         ram_kb / 1024.0 / 1024.0,
         read("/proc/sys/kernel/osrelease").trim()
     )
+}
+
+/// `size` bytes of Python-like source, in lines.
+pub fn source(size: usize) -> String {
+    let mut text = String::with_capacity(size + 64);
+    let mut i = 0;
+    while text.len() < size {
+        text.push_str(&format!(
+            "value_{i} = compute(value_{i}, other, {i})  # step {i}\n"
+        ));
+        i += 1;
+    }
+    text.truncate(size - 1);
+    text.push('\n');
+    text
 }
 
 /// The `q` quantile (0..=1) of sorted samples, nearest rank.

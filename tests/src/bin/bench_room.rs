@@ -24,7 +24,7 @@ use duet_e2e::editor::{FakeEditor, Kind};
 use duet_e2e::pg::Cluster;
 use duet_e2e::proxy::Proxy;
 use duet_e2e::server::{Backend, Database, RoomRef, Server};
-use duet_e2e::stats::{machine, Args, Runs};
+use duet_e2e::stats::{machine, source, Args, Runs};
 use duet_e2e::yclient::YClient;
 use serde_json::json;
 
@@ -43,21 +43,6 @@ async fn main() {
     join(&args).await;
     memory(&args).await;
     writes(&args).await;
-}
-
-/// `size` bytes of Python-like source, in lines.
-fn source(size: usize) -> String {
-    let mut text = String::with_capacity(size + 64);
-    let mut i = 0;
-    while text.len() < size {
-        text.push_str(&format!(
-            "value_{i} = compute(value_{i}, other, {i})  # step {i}\n"
-        ));
-        i += 1;
-    }
-    text.truncate(size - 1);
-    text.push('\n');
-    text
 }
 
 fn invite(port: u16, room: &RoomRef) -> String {
