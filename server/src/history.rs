@@ -109,25 +109,23 @@ impl Store {
         authors: &[String],
     ) -> Result<(), StoreError> {
         let key = id.to_string();
-        for path in paths {
-            sqlx::query(
-                "INSERT INTO room_unversioned (room_id, path) VALUES ($1, $2) \
-                 ON CONFLICT (room_id, path) DO NOTHING",
-            )
-            .bind(&key)
-            .bind(path)
-            .execute(&mut **tx)
-            .await?;
-        }
-        for name in authors {
-            sqlx::query(
-                "INSERT INTO room_unversioned_authors (room_id, name) VALUES ($1, $2) \
-                 ON CONFLICT (room_id, name) DO NOTHING",
-            )
-            .bind(&key)
-            .bind(name)
-            .execute(&mut **tx)
-            .await?;
+        let paths: Vec<&str> = paths.map(String::as_str).collect();
+        let names: Vec<&str> = authors.iter().map(String::as_str).collect();
+        for (table, column, values) in [
+            ("room_unversioned", "path", paths),
+            ("room_unversioned_authors", "name", names),
+        ] {
+            let sql = format!(
+                "INSERT INTO {table} (room_id, {column}) VALUES ($1, $2) \
+                 ON CONFLICT (room_id, {column}) DO NOTHING"
+            );
+            for value in values {
+                sqlx::query(&sql)
+                    .bind(&key)
+                    .bind(value)
+                    .execute(&mut **tx)
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -141,11 +139,16 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Rooms with files written since their last version.
-    pub async fn rooms_unversioned(&self) -> Result<Vec<Uuid>, StoreError> {
-        let rows = sqlx::query("SELECT DISTINCT room_id FROM room_unversioned")
-            .fetch_all(&self.pool)
-            .await?;
+    /// Rooms with files written since their last version, or with a version older than
+    /// `time` (Unix milliseconds).
+    pub async fn rooms_to_sweep(&self, time: i64) -> Result<Vec<Uuid>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT room_id FROM room_unversioned \
+             UNION SELECT room_id FROM room_versions WHERE created_at < $1",
+        )
+        .bind(time)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .iter()
             .filter_map(|row| row.try_get::<String, _>(0).ok()?.parse().ok())
@@ -161,30 +164,26 @@ impl Store {
     ) -> Result<Option<Version>, StoreError> {
         let key = id.to_string();
         let mut tx = self.pool.begin().await?;
-        let mut paths: BTreeSet<String> =
-            sqlx::query("SELECT path FROM room_unversioned WHERE room_id = $1")
-                .bind(&key)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| row.try_get(0))
-                .collect::<Result<_, _>>()?;
+        let mut paths = noted(
+            &mut tx,
+            "SELECT path FROM room_unversioned WHERE room_id = $1",
+            &key,
+        )
+        .await?;
         let overrides: BTreeMap<&str, Option<&str>> = take
             .overrides
             .iter()
             .map(|(path, text)| (path.as_str(), text.as_deref()))
             .collect();
         paths.extend(overrides.keys().map(|path| path.to_string()));
-        // Sorted here, not by the database: collations differ.
-        let authors: BTreeSet<String> =
-            sqlx::query("SELECT name FROM room_unversioned_authors WHERE room_id = $1")
-                .bind(&key)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| row.try_get(0))
-                .collect::<Result<_, _>>()?;
-        let authors: Vec<String> = authors.into_iter().collect();
+        let authors: Vec<String> = noted(
+            &mut tx,
+            "SELECT name FROM room_unversioned_authors WHERE room_id = $1",
+            &key,
+        )
+        .await?
+        .into_iter()
+        .collect();
 
         let mut rows = Vec::new();
         for path in paths {
@@ -409,18 +408,19 @@ impl Store {
         tx.commit().await?;
         Ok(dropped)
     }
+}
 
-    /// Rooms with a version older than `time` (Unix milliseconds).
-    pub async fn rooms_with_versions_before(&self, time: i64) -> Result<Vec<Uuid>, StoreError> {
-        let rows = sqlx::query("SELECT DISTINCT room_id FROM room_versions WHERE created_at < $1")
-            .bind(time)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|row| row.try_get::<String, _>(0).ok()?.parse().ok())
-            .collect())
-    }
+/// The strings a query of the notes returns, sorted here (databases' collations differ).
+async fn noted(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    sql: &str,
+    key: &str,
+) -> Result<BTreeSet<String>, StoreError> {
+    let rows = sqlx::query(sql).bind(key).fetch_all(&mut **tx).await?;
+    Ok(rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?)
 }
 
 fn version_from_row(row: &sqlx::any::AnyRow) -> Result<Version, StoreError> {

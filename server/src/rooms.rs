@@ -316,17 +316,11 @@ impl Rooms {
     async fn sweep(&self) {
         let store = &self.shared.store;
         let now = now_ms();
-        let mut rooms = store.rooms_unversioned().await.unwrap_or_default();
-        if let Some(since) = self.shared.history.retention(now).since {
-            rooms.extend(
-                store
-                    .rooms_with_versions_before(since)
-                    .await
-                    .unwrap_or_default(),
-            );
-        }
-        rooms.sort();
-        rooms.dedup();
+        let oldest_kept = self.shared.history.retention(now).since;
+        let rooms = store
+            .rooms_to_sweep(oldest_kept.unwrap_or(i64::MIN))
+            .await
+            .unwrap_or_default();
         for id in rooms {
             if self.loaded(id).is_some() {
                 continue;
