@@ -78,6 +78,24 @@ impl Invite {
     }
 }
 
+/// `text` with the value of every `token=` in it hidden, for logs: messages to the user carry
+/// invites, and a token in a log file is a key left on the table.
+pub fn without_tokens(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("token=") {
+        let (before, after) = rest.split_at(at + "token=".len());
+        out.push_str(before);
+        out.push('…');
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "-._~%".contains(c)))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Join settings; every field optional, merged from several sources.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +198,17 @@ mod tests {
     use super::*;
 
     const ROOM: &str = "0b5c7d1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e";
+
+    #[test]
+    fn tokens_are_hidden_from_logged_text() {
+        let invite = format!("ws://h:1/ws/{ROOM}?token=s3cr3t-x_y");
+        assert_eq!(
+            without_tokens(&format!("invite: {invite}, again \"{invite}\"")),
+            format!("invite: ws://h:1/ws/{ROOM}?token=…, again \"ws://h:1/ws/{ROOM}?token=…\"")
+        );
+        assert_eq!(without_tokens("no secret here"), "no secret here");
+        assert_eq!(without_tokens("token="), "token=…");
+    }
 
     #[test]
     fn invites_round_trip() {

@@ -208,7 +208,7 @@ impl Session {
     }
 
     fn show(&self, kind: MessageType, message: String) {
-        tracing::info!(%message, "message to the user");
+        tracing::info!(message = %crate::config::without_tokens(&message), "message to the user");
         self.tell(ToEditor::Show { kind, message });
     }
 }

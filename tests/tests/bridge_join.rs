@@ -354,6 +354,11 @@ async fn create_room_command_creates_a_room_with_the_open_files() {
     wait_server_file(&server, &room, "main.py", "print('hi 🎉')\n", WAIT, &[&ed]).await;
     ed.insert("main.py", 0, "# new room\n");
     converge(&server, &room, "main.py", &[&ed], WAIT).await;
+    // The invite went to the user, never its token to the log.
+    let token = invite.rsplit("token=").next().unwrap();
+    let log = ed.log();
+    assert!(log.contains("message to the user"), "{log}");
+    assert!(!log.contains(token), "the bridge logged the token:\n{log}");
 }
 
 /// `duet.createRoom` without an argument creates the room on the server of the configured
