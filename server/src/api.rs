@@ -406,13 +406,8 @@ async fn room_info(
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
     let meta = authorize(&app.rooms, &id, &headers, &query).await?;
-    let (files, peers, connections, updated_at) = match app.rooms.loaded(meta.id) {
-        Some(room) => (
-            room.files(),
-            room.presence(),
-            room.peer_count(),
-            room.updated_at(),
-        ),
+    let (files, peers, updated_at) = match app.rooms.loaded(meta.id) {
+        Some(room) => (room.files(), room.presence(), room.updated_at()),
         None => (
             app.rooms
                 .store()
@@ -420,10 +415,10 @@ async fn room_info(
                 .await
                 .map_err(RoomsError::from)?,
             Vec::new(),
-            0,
             meta.updated_at,
         ),
     };
+    let connections = app.rooms.peer_count(meta.id).await;
     Ok(Json(json!({
         "id": meta.id,
         "name": meta.name,
@@ -710,15 +705,24 @@ async fn readyz(State(app): State<AppState>) -> Response {
         Ok(Ok(()))
     );
     let backend = format!("{:?}", app.rooms.store().backend()).to_lowercase();
-    if reachable && !app.rooms.degraded() {
-        Json(json!({"status": "ready", "store": backend})).into_response()
+    let store_ready = reachable && !app.rooms.degraded();
+    // With several nodes: whether this one reaches the others through Redis.
+    let relay = app.rooms.relay().map(|relay| relay.healthy());
+    let mut body = json!({"store": backend});
+    if let Some(healthy) = relay {
+        body["relay"] = json!(if healthy { "connected" } else { "unreachable" });
+    }
+    if store_ready && relay != Some(false) {
+        body["status"] = json!("ready");
+        Json(body).into_response()
     } else {
-        let body = json!({
-            "status": "degraded",
-            "store": backend,
-            "error": "the database is unreachable; edits keep flowing and are written when it is back",
-            "rooms_unflushed": app.rooms.unflushed_count(),
+        body["status"] = json!("degraded");
+        body["error"] = json!(if store_ready {
+            "Redis is unreachable; this node keeps serving its own peers, and syncs with the other nodes when it is back"
+        } else {
+            "the database is unreachable; edits keep flowing and are written when it is back"
         });
+        body["rooms_unflushed"] = json!(app.rooms.unflushed_count());
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }

@@ -27,6 +27,12 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// `redis://HOST:PORT` (or `rediss://`): run as one of several nodes behind a load
+    /// balancer, relaying each room's updates and presence to the other nodes through this
+    /// Redis. Needs PostgreSQL (every node shares it). Unset: a single node, as ever.
+    #[arg(long, env = "DUET_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
     /// Where the embedded SQLite file goes when no DATABASE_URL is given.
     #[arg(long, env = "DUET_DATA_DIR", default_value = ".")]
     pub data_dir: std::path::PathBuf,

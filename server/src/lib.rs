@@ -27,6 +27,8 @@ pub mod metrics;
 #[cfg(feature = "server")]
 pub mod proxy;
 #[cfg(feature = "server")]
+pub mod relay;
+#[cfg(feature = "server")]
 pub mod room;
 #[cfg(feature = "server")]
 pub mod rooms;

@@ -15,6 +15,7 @@ use duet_server::config::{Config, LogFormat};
 use duet_server::listen::{Guarded, Rules};
 use duet_server::metrics::Metrics;
 use duet_server::proxy::Edge;
+use duet_server::relay::Relay;
 use duet_server::rooms::Rooms;
 use duet_server::store::Store;
 use duet_server::tls::{self, Certificates, TlsListener};
@@ -51,18 +52,38 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let url = config.database_url();
+    if config.redis_url.is_some() && !url.starts_with("postgres") {
+        anyhow::bail!(
+            "--redis-url needs PostgreSQL: the nodes share one database, and an SQLite file \
+             belongs to one process (set --database-url postgres://…, or drop --redis-url to run \
+             a single node)"
+        );
+    }
+    let metrics = Arc::new(Metrics::default());
+    let relay = match &config.redis_url {
+        Some(redis) => Some(
+            Relay::new(redis, metrics.clone())
+                .with_context(|| format!("invalid --redis-url ({})", redact(redis)))?,
+        ),
+        None => None,
+    };
     let store = open_store(&url).await?;
     tracing::info!(database = %redact(&url), "store ready");
+    if let Some(redis) = &config.redis_url {
+        tracing::info!(redis = %redact(redis), "relaying to the other nodes through Redis");
+    }
 
     let rooms = Rooms::new(
         store,
         config.limits.clone(),
         config.persistence.clone(),
         config.history.clone(),
-        Arc::new(Metrics::default()),
+        metrics,
+        relay,
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let flusher = tokio::spawn(rooms.clone().run_flusher(shutdown_rx.clone()));
+    let relaying = tokio::spawn(rooms.clone().run_relay(shutdown_rx.clone()));
     let app = api::router(AppState {
         rooms: rooms.clone(),
         autocomplete: Arc::new(Engine::builtin()),
@@ -125,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     flusher.await?;
+    relaying.await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -158,7 +180,7 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// The database URL without its password, for logs.
+/// A database or Redis URL without its password, for logs.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {

@@ -23,6 +23,11 @@ pub struct Metrics {
     pub compaction_failures: AtomicU64,
     pub versions_taken: AtomicU64,
     pub version_failures: AtomicU64,
+    pub relay_published: AtomicU64,
+    pub relay_bytes_published: AtomicU64,
+    pub relay_received: AtomicU64,
+    pub relay_dropped: AtomicU64,
+    pub relay_repairs: AtomicU64,
 }
 
 impl Metrics {
@@ -37,7 +42,7 @@ impl Metrics {
         unflushed_rooms: usize,
         degraded: bool,
     ) -> String {
-        let counters: [(&str, &str, &AtomicU64); 17] = [
+        let counters: [(&str, &str, &AtomicU64); 22] = [
             (
                 "duet_connections_total",
                 "WebSocket connections accepted",
@@ -118,6 +123,31 @@ impl Metrics {
                 "duet_version_failures_total",
                 "versions that could not be written (tried again after the next flush)",
                 &self.version_failures,
+            ),
+            (
+                "duet_relay_published_total",
+                "messages published to the other nodes (Redis PUBLISH)",
+                &self.relay_published,
+            ),
+            (
+                "duet_relay_published_bytes_total",
+                "bytes published to the other nodes",
+                &self.relay_bytes_published,
+            ),
+            (
+                "duet_relay_received_total",
+                "messages received from the other nodes",
+                &self.relay_received,
+            ),
+            (
+                "duet_relay_dropped_total",
+                "messages to the other nodes dropped (Redis away, queue full); heartbeats repair them",
+                &self.relay_dropped,
+            ),
+            (
+                "duet_relay_repairs_total",
+                "repairs from other nodes that brought this node something it lacked",
+                &self.relay_repairs,
             ),
         ];
         let mut out = String::new();

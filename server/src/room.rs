@@ -29,6 +29,7 @@ use crate::blocking::blocking;
 use crate::config::Limits;
 use crate::inspect::{inspect, Refusal};
 use crate::paths;
+use crate::relay::{Heartbeat, NodeId, Outlet, Relayed};
 
 /// The root map every room keeps its files in: path → `Y.Text`.
 pub const FILES: &str = "files";
@@ -150,6 +151,17 @@ struct Changes {
     not_plain: HashSet<String>,
 }
 
+/// What this node knows of another node that holds the room.
+struct Remote {
+    heard: Instant,
+    /// The highest number of the node's updates received, and how far it says they are
+    /// written: any gap is what this node writes should the other fall silent.
+    received: u64,
+    stored: u64,
+    /// Presence client ids of its peers.
+    clients: HashSet<ClientID>,
+}
+
 /// Updates waiting for missing parents: an upper bound of their bytes (cleared when nothing
 /// waits any more).
 #[derive(Debug, Default)]
@@ -188,12 +200,26 @@ struct State {
     updated_at: i64,
     idle_since: Option<Instant>,
     closed: bool,
+    /// The other nodes (with `--redis-url`): where this room's updates and presence go, and
+    /// what is known of each node that holds the room too.
+    relay: Option<Outlet>,
+    remotes: HashMap<NodeId, Remote>,
+    /// This node's updates sent to the other nodes, numbered; the number of the last one in
+    /// the batch being written, and of the last one written.
+    published: u64,
+    taken_upto: u64,
+    stored_upto: u64,
+    /// Changes of the document so far, and the deletions digest as of a count of them.
+    version: u64,
+    digest: Option<(u64, u64)>,
 }
 
 pub struct Room {
     pub meta: RoomMeta,
     limits: Arc<Limits>,
     state: Mutex<State>,
+    /// Woken whenever another node is heard from in this room.
+    heard: tokio::sync::Notify,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +298,15 @@ impl Room {
                 updated_at,
                 idle_since: Some(Instant::now()),
                 closed: false,
+                relay: None,
+                remotes: HashMap::new(),
+                published: 0,
+                taken_upto: 0,
+                stored_upto: 0,
+                version: 0,
+                digest: None,
             }),
+            heard: tokio::sync::Notify::new(),
         };
         let mut state = room.lock();
         let all: Vec<String> = {
@@ -568,6 +602,14 @@ impl Room {
     /// Keeps an integrated update for the store and sends it to every peer but its author.
     fn record(&self, state: &mut State, author: Option<PeerId>, delta: Vec<u8>) {
         let message = frame(Message::Sync(SyncMessage::Update(delta.clone())));
+        state.version += 1;
+        if let Some(relay) = &state.relay {
+            state.published += 1;
+            relay.send(&Relayed::Update {
+                number: state.published,
+                update: delta.clone(),
+            });
+        }
         state.unflushed.push(delta);
         state.unflushed_since.get_or_insert_with(Instant::now);
         state.updated_at = now_ms();
@@ -583,6 +625,7 @@ impl Room {
         }
         // Until the write succeeds (`flushed`), `/readyz` must not call the store current.
         state.writing_since = state.unflushed_since.take();
+        state.taken_upto = state.published;
         let updates = std::mem::take(&mut state.unflushed);
         let dirty: Vec<String> = std::mem::take(&mut state.changes().to_write)
             .into_iter()
@@ -628,7 +671,9 @@ impl Room {
 
     /// The batch taken last is written.
     pub fn flushed(&self) {
-        self.lock().writing_since = None;
+        let mut state = self.lock();
+        state.writing_since = None;
+        state.stored_upto = state.taken_upto;
     }
 
     /// Something is not in the store yet: waiting for the next flush, or being written.
@@ -814,6 +859,270 @@ impl Room {
     }
 }
 
+/// Relaying: what another node sent, and what this node tells them.
+impl Room {
+    /// From now on, this room's updates and presence go to the other nodes too.
+    pub fn relay_through(self, outlet: Outlet) -> Room {
+        self.lock().relay = Some(outlet);
+        self
+    }
+
+    /// Applies what another node sent. Returns true when a repair brought something this node
+    /// lacked (it is then written by this node as well: whoever had it may not have).
+    pub fn relayed(&self, origin: NodeId, message: Relayed) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        let remote = state.remotes.entry(origin).or_insert_with(|| Remote {
+            heard: Instant::now(),
+            received: 0,
+            stored: 0,
+            clients: HashSet::new(),
+        });
+        remote.heard = Instant::now();
+        let repaired = match message {
+            Relayed::Update { number, update } => {
+                remote.received = remote.received.max(number);
+                integrate(&mut state, &update, false);
+                false
+            }
+            Relayed::Repair(update) => integrate(&mut state, &update, true),
+            Relayed::Awareness(update) => {
+                remote_presence(&mut state, origin, &update);
+                false
+            }
+            Relayed::Heartbeat(heartbeat) => {
+                remote.stored = remote.stored.max(heartbeat.stored);
+                answer(&mut state, &heartbeat);
+                false
+            }
+            Relayed::Deleted => false,
+        };
+        drop(state);
+        self.heard.notify_waiters();
+        repaired
+    }
+
+    /// This node's heartbeat for the room (`hello` asks the others for theirs and their
+    /// presence at once).
+    pub fn heartbeat(&self) -> Relayed {
+        heartbeat(&mut self.lock(), false)
+    }
+
+    /// Tells the other nodes that hold the room that this node holds it too (it has just
+    /// loaded it, or reconnected): its peers' presence and a heartbeat that asks for theirs.
+    pub fn introduce(&self) {
+        let mut state = self.lock();
+        if let Some(relay) = state.relay.clone() {
+            introduce(&mut state, &relay, true);
+        }
+    }
+
+    /// Forgets the nodes not heard from within `silence`, with their peers' presence.
+    /// Returns true when one of them had updates it had not confirmed as written: this node
+    /// must then write the whole document (it holds them).
+    pub fn forget_silent(&self, silence: std::time::Duration) -> bool {
+        let mut state = self.lock();
+        let silent: Vec<NodeId> = state
+            .remotes
+            .iter()
+            .filter(|(_, r)| r.heard.elapsed() > silence)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut unwritten = false;
+        for id in silent {
+            let Some(remote) = state.remotes.remove(&id) else {
+                continue;
+            };
+            unwritten |= remote.received > remote.stored;
+            let gone: Vec<ClientID> = remote.clients.into_iter().collect();
+            forget_presence(&mut state, &gone);
+            tracing::info!(room = %self.meta.id, node = %Uuid::from_bytes(id), unwritten = remote.received > remote.stored, "another node fell silent");
+        }
+        unwritten
+    }
+
+    /// Waits until `nodes` other nodes have been heard from in this room, or `limit` passes.
+    pub async fn hear_from(&self, nodes: usize, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let heard = self.heard.notified();
+            if self.lock().remotes.len() >= nodes {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, heard).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Applies an update from another node and passes what it changed on to the local peers.
+/// With `keep`, the change is also written by this node. Returns whether anything changed.
+fn integrate(state: &mut State, bytes: &[u8], keep: bool) -> bool {
+    let Ok(update) = Update::decode_v1(bytes) else {
+        tracing::warn!("malformed update from another node ignored");
+        return false;
+    };
+    let delta = {
+        let mut txn = state.awareness.doc().transact_mut();
+        if let Err(e) = txn.apply_update(update) {
+            tracing::warn!(error = %e, "invalid update from another node ignored");
+            return false;
+        }
+        txn.has_changes().then(|| txn.encode_update_v1())
+    };
+    let Some(delta) = delta else { return false };
+    state.version += 1;
+    state.updated_at = now_ms();
+    measure(state);
+    broadcast(
+        state,
+        None,
+        &frame(Message::Sync(SyncMessage::Update(delta.clone()))),
+    );
+    if keep {
+        state.unflushed.push(delta);
+        state.unflushed_since.get_or_insert_with(Instant::now);
+    }
+    true
+}
+
+fn heartbeat(state: &mut State, hello: bool) -> Relayed {
+    Relayed::Heartbeat(Heartbeat {
+        stored: state.stored_upto,
+        hello,
+        deletions: digest(state),
+        state_vector: state.awareness.doc().transact().state_vector().encode_v1(),
+    })
+}
+
+/// The digest of the document's deletions, computed again only after a change.
+fn digest(state: &mut State) -> u64 {
+    match state.digest {
+        Some((version, digest)) if version == state.version => digest,
+        _ => {
+            let digest = deletions_digest(&state.awareness.doc().transact());
+            state.digest = Some((state.version, digest));
+            digest
+        }
+    }
+}
+
+/// Answers another node's heartbeat with what it lacks; when it says hello, also with this
+/// node's presence and heartbeat.
+fn answer(state: &mut State, heartbeat: &Heartbeat) {
+    let Some(relay) = state.relay.clone() else {
+        return;
+    };
+    let Ok(theirs) = StateVector::decode_v1(&heartbeat.state_vector) else {
+        return;
+    };
+    let ours = state.awareness.doc().transact().state_vector();
+    let ahead = ours
+        .iter()
+        .any(|(client, clock)| theirs.get(client) < *clock);
+    if ahead || (ours == theirs && digest(state) != heartbeat.deletions) {
+        let diff = state
+            .awareness
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(&theirs);
+        relay.send(&Relayed::Repair(diff));
+    }
+    if heartbeat.hello {
+        introduce(state, &relay, false);
+    }
+}
+
+/// Sends the presence of this node's own peers and a heartbeat.
+fn introduce(state: &mut State, relay: &Outlet, hello: bool) {
+    let clients: Vec<ClientID> = state
+        .peers
+        .values()
+        .flat_map(|p| p.clients.iter().copied())
+        .collect();
+    if let Ok(update) = state.awareness.update_with_clients(clients) {
+        if !update.clients.is_empty() {
+            relay.send(&Relayed::Awareness(update.encode_v1()));
+        }
+    }
+    relay.send(&heartbeat(state, hello));
+}
+
+/// Applies another node's presence update (its peers' states) and passes it on.
+fn remote_presence(state: &mut State, origin: NodeId, bytes: &[u8]) {
+    let Ok(update) = AwarenessUpdate::decode_v1(bytes) else {
+        return;
+    };
+    let mut theirs = AwarenessUpdate {
+        clients: HashMap::new(),
+    };
+    for (id, entry) in update.clients {
+        // A local peer's id is this node's to announce.
+        if state.peers.values().any(|p| p.clients.contains(&id)) {
+            continue;
+        }
+        if let Some(remote) = state.remotes.get_mut(&origin) {
+            if &*entry.json == "null" {
+                remote.clients.remove(&id);
+            } else {
+                remote.clients.insert(id);
+            }
+        }
+        theirs.clients.insert(id, entry);
+    }
+    if theirs.clients.is_empty() {
+        return;
+    }
+    let message = frame(Message::Awareness(theirs.clone()));
+    if state.awareness.apply_update(theirs).is_ok() {
+        broadcast(state, None, &message);
+    }
+}
+
+/// A digest of the document's deletions, the same on every node that has the same ones
+/// (ranges merged where they touch, clients in order).
+fn deletions_digest(txn: &impl ReadTxn) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for (client, ranges) in txn.snapshot().delete_set.iter() {
+        client.hash(&mut hasher);
+        let mut merged: Option<std::ops::Range<u32>> = None;
+        for range in ranges.iter() {
+            merged = match merged {
+                Some(m) if m.end >= range.start => Some(m.start..m.end.max(range.end)),
+                Some(m) => {
+                    (m.start, m.end).hash(&mut hasher);
+                    Some(range.clone())
+                }
+                None => Some(range.clone()),
+            };
+        }
+        if let Some(m) = merged {
+            (m.start, m.end).hash(&mut hasher);
+        }
+    }
+    hasher.finish()
+}
+
+/// One update holding everything the given updates hold (each may repeat the others).
+pub fn union_of(updates: &[Vec<u8>]) -> Result<Vec<u8>, RoomError> {
+    let doc = Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        for bytes in updates {
+            let update =
+                Update::decode_v1(bytes).map_err(|e| RoomError::CorruptState(e.to_string()))?;
+            txn.apply_update(update)
+                .map_err(|e| RoomError::CorruptState(e.to_string()))?;
+        }
+    }
+    let txn = doc.transact();
+    Ok(txn.encode_state_as_update_v1(&StateVector::default()))
+}
+
 fn frame(message: Message) -> Bytes {
     Bytes::from(message.encode_v1())
 }
@@ -854,14 +1163,25 @@ fn remove_peer(state: &mut State, peer: PeerId) {
         .into_iter()
         .filter(|id| state.awareness.meta(*id).is_some())
         .collect();
-    for id in &gone {
-        state.awareness.remove_state(*id);
-    }
-    if let Ok(update) = state.awareness.update_with_clients(gone.iter().copied()) {
-        if !update.clients.is_empty() {
-            broadcast(state, None, &frame(Message::Awareness(update)));
+    if let Some(update) = forget_presence(state, &gone) {
+        if let Some(relay) = &state.relay {
+            relay.send(&Relayed::Awareness(update.encode_v1()));
         }
     }
+}
+
+/// Removes presence states and tells the local peers; returns the removal, if any.
+fn forget_presence(state: &mut State, gone: &[ClientID]) -> Option<AwarenessUpdate> {
+    for id in gone {
+        state.awareness.remove_state(*id);
+    }
+    let update = state
+        .awareness
+        .update_with_clients(gone.iter().copied())
+        .ok()
+        .filter(|u| !u.clients.is_empty())?;
+    broadcast(state, None, &frame(Message::Awareness(update.clone())));
+    Some(update)
 }
 
 /// Applies the presence states a peer sent for the client ids it owns: the first connection
@@ -884,7 +1204,8 @@ fn apply_awareness(
             .iter()
             .find(|(_, p)| p.clients.contains(&id))
             .map(|(owner, _)| *owner);
-        if owner.is_some_and(|owner| owner != peer) {
+        let remote = state.remotes.values().any(|r| r.clients.contains(&id));
+        if owner.is_some_and(|owner| owner != peer) || remote {
             continue;
         }
         let present = &*entry.json != "null";
@@ -922,6 +1243,9 @@ fn apply_awareness(
         return Ok(());
     }
     let message = frame(Message::Awareness(own.clone()));
+    if let Some(relay) = &state.relay {
+        relay.send(&Relayed::Awareness(own.encode_v1()));
+    }
     state.awareness.apply_update(own).map_err(|e| {
         CloseReason::new(
             close::INVALID_DATA,

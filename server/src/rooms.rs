@@ -10,6 +10,11 @@
 //! After each flush the flusher also takes the versions that are due (see [`crate::history`]):
 //! for a room edited for the version interval, and for a room whose last peer left. Versions
 //! are built from the copies the flush has just written, so they cost the rooms nothing.
+//!
+//! With a relay (`--redis-url`, see docs/scale-out.md) several nodes may hold the same room:
+//! each writes the updates its own peers made; updates relayed from another node are written
+//! by that node, unless it falls silent before confirming them, when the nodes that hold them
+//! write the whole document instead (a compaction, which folds in every stored row).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +30,7 @@ use crate::config::{History, Limits, Persistence};
 use crate::gate::Gate;
 use crate::history::{Reason, Take, Version};
 use crate::metrics::Metrics;
+use crate::relay::{self, NodeId, Place, Relay, Relayed};
 use crate::room::{close, now_ms, CloseReason, FlushBatch, Room, RoomMeta};
 use crate::store::{Store, StoreError};
 
@@ -51,14 +57,15 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 struct Entry {
     room: Arc<Room>,
-    /// Sequence number the next stored update gets.
-    next_seq: i64,
-    /// Updates stored since the last compaction.
+    /// Rows this node stored since the last compaction.
     since_compaction: u64,
     /// Files were written since the room's last version.
     unversioned: bool,
     /// When its last version was taken (or it was loaded).
     versioned_at: Instant,
+    /// Another node fell silent before confirming that its updates, which this node holds,
+    /// are written: the next flush compacts the room.
+    secure: bool,
 }
 
 struct Shared {
@@ -76,6 +83,7 @@ struct Shared {
     writer: tokio::sync::Mutex<()>,
     degraded: AtomicBool,
     gate: Gate,
+    relay: Option<Relay>,
 }
 
 /// A cheap handle on the room registry.
@@ -98,6 +106,7 @@ impl Rooms {
         persistence: Persistence,
         history: History,
         metrics: Arc<Metrics>,
+        relay: Option<Relay>,
     ) -> Rooms {
         let gate = Gate::new(
             limits.create_token.as_ref().map(|secret| secret.0.as_str()),
@@ -115,6 +124,7 @@ impl Rooms {
                 loading: tokio::sync::Mutex::new(()),
                 writer: tokio::sync::Mutex::new(()),
                 degraded: AtomicBool::new(false),
+                relay,
             }),
         }
     }
@@ -129,6 +139,10 @@ impl Rooms {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    pub fn relay(&self) -> Option<&Relay> {
+        self.shared.relay.as_ref()
     }
 
     /// Who may create rooms, and how often.
@@ -225,20 +239,68 @@ impl Rooms {
             )
         })
         .map_err(|e| RoomsError::Corrupt(e.to_string()))?;
+        let room = match &self.shared.relay {
+            Some(relay) => room.relay_through(relay.outlet(id)),
+            None => room,
+        };
         let room = Arc::new(room);
         self.entries().insert(
             id,
             Entry {
                 room: room.clone(),
-                next_seq: stored.last_seq + 1,
                 since_compaction: stored.updates.len() as u64,
                 unversioned,
                 versioned_at: Instant::now(),
+                secure: false,
             },
         );
         Metrics::inc(&self.shared.metrics.rooms_loaded);
         tracing::info!(room = %id, updates = stored.updates.len(), "room loaded");
+        if let Some(relay) = &self.shared.relay {
+            // Other nodes holding the room may have updates not written yet: ask them, and
+            // wait (briefly) for their answers, so that the first peer here starts from them.
+            relay.subscribe(id).await;
+            let others = relay.other_holders(id).await;
+            room.introduce();
+            if others > 0 {
+                room.hear_from(others, relay::LOAD_WAIT).await;
+            }
+        }
         Ok(room)
+    }
+
+    /// Takes a place for one more peer in the room across every node (with a relay): `Ok(true)`
+    /// when one was taken (give it back with [`Rooms::give_place`]), `Ok(false)` when there is
+    /// no relay or Redis does not answer (the room's own count on this node still applies).
+    pub async fn take_place(&self, id: Uuid) -> Result<bool, CloseReason> {
+        let Some(relay) = &self.shared.relay else {
+            return Ok(false);
+        };
+        let max = self.shared.limits.max_peers;
+        match relay.take_place(id, max).await {
+            Place::Taken => Ok(true),
+            Place::Unknown => Ok(false),
+            Place::Full => Err(CloseReason::new(
+                close::TRY_AGAIN_LATER,
+                format!("room is full ({max} peers)"),
+            )),
+        }
+    }
+
+    pub fn give_place(&self, id: Uuid) {
+        if let Some(relay) = self.shared.relay.clone() {
+            tokio::spawn(async move { relay.give_place(id).await });
+        }
+    }
+
+    /// Peers connected to the room: on every node when a relay knows, else on this one.
+    pub async fn peer_count(&self, id: Uuid) -> usize {
+        if let Some(relay) = &self.shared.relay {
+            if let Some(count) = relay.peer_count(id).await {
+                return count;
+            }
+        }
+        self.loaded(id).map_or(0, |room| room.peer_count())
     }
 
     /// Deletes the room everywhere; its peers are disconnected with a reason.
@@ -246,13 +308,25 @@ impl Rooms {
         if !self.shared.store.delete_room(id).await? {
             return Err(RoomsError::NotFound);
         }
-        if let Some(entry) = self.entries().remove(&id) {
-            entry
-                .room
-                .close(CloseReason::new(close::GOING_AWAY, "room deleted"));
+        if let Some(relay) = &self.shared.relay {
+            relay.send(id, &Relayed::Deleted);
         }
+        self.forget(id, "room deleted").await;
         tracing::info!(room = %id, "room deleted");
         Ok(())
+    }
+
+    /// Drops a room from memory and closes its peers with `reason` (going away).
+    async fn forget(&self, id: Uuid, reason: &str) {
+        let entry = self.entries().remove(&id);
+        if let Some(entry) = entry {
+            entry
+                .room
+                .close(CloseReason::new(close::GOING_AWAY, reason));
+            if let Some(relay) = &self.shared.relay {
+                relay.unsubscribe(id).await;
+            }
+        }
     }
 
     /// Runs the flusher until `shutdown` fires, then flushes everything one last time.
@@ -472,67 +546,87 @@ impl Rooms {
 
     /// One group commit: the buffered updates of every room, in one transaction.
     async fn flush(&self) -> Result<(), StoreError> {
-        let rooms: Vec<(Uuid, Arc<Room>, i64, u64)> = self
+        let rooms: Vec<(Uuid, Arc<Room>, u64, bool)> = self
             .entries()
             .iter()
-            .map(|(id, e)| (*id, e.room.clone(), e.next_seq, e.since_compaction))
+            .map(|(id, e)| (*id, e.room.clone(), e.since_compaction, e.secure))
+            .collect();
+        let mut due: Vec<(Uuid, Arc<Room>)> = rooms
+            .iter()
+            .filter(|(.., secure)| *secure)
+            .map(|(id, room, ..)| (*id, room.clone()))
             .collect();
         let taken: Vec<_> = rooms
             .into_iter()
-            .filter_map(|(id, room, seq, since)| {
+            .filter_map(|(id, room, since, _)| {
                 let batch = room.take_unflushed()?;
-                Some((id, room, seq, since, batch))
+                Some((id, room, since, batch))
             })
             .collect();
-        if taken.is_empty() {
-            return Ok(());
-        }
         let rows: Vec<Vec<Vec<u8>>> = taken.iter().map(|(.., b)| b.rows()).collect();
-        let writes: Vec<(Uuid, i64, &[Vec<u8>], &FlushBatch)> = taken
+        let writes: Vec<(Uuid, &[Vec<u8>], &FlushBatch)> = taken
             .iter()
             .zip(&rows)
-            .map(|((id, _, seq, _, b), rows)| (*id, *seq, rows.as_slice(), b))
+            .map(|((id, .., b), rows)| (*id, rows.as_slice(), b))
             .collect();
-        let (written, failure) = self.append(&writes).await;
-        let mut due = Vec::new();
+        let wrote = !writes.is_empty();
+        let (written, failure) = if wrote {
+            self.append(&writes).await
+        } else {
+            (Vec::new(), None)
+        };
+        drop(writes);
         let metrics = &self.shared.metrics;
-        for (((id, room, seq, since, batch), rows), written) in
-            taken.into_iter().zip(&rows).zip(written)
+        let mut gone = Vec::new();
+        for (((id, room, since, batch), rows), written) in taken.into_iter().zip(&rows).zip(written)
         {
-            if !written {
-                room.restore(batch);
-                continue;
+            match written {
+                Written::No => {
+                    room.restore(batch);
+                    continue;
+                }
+                Written::RoomGone => {
+                    gone.push(id);
+                    continue;
+                }
+                Written::Yes => {}
             }
             room.flushed();
             self.mark_unversioned(id);
             metrics
                 .updates_written
                 .fetch_add(batch.updates.len() as u64, Ordering::Relaxed);
-            let count = rows.len() as i64;
+            let count = rows.len() as u64;
             metrics
                 .update_rows_written
-                .fetch_add(count as u64, Ordering::Relaxed);
-            let last = seq + count - 1;
-            let since = since + count as u64;
-            self.set_progress(id, last + 1, since);
-            if since >= self.shared.persistence.compact_after {
-                due.push((id, room, last));
+                .fetch_add(count, Ordering::Relaxed);
+            let since = since + count;
+            self.set_progress(id, since);
+            if since >= self.shared.persistence.compact_after && !due.iter().any(|(d, _)| *d == id)
+            {
+                due.push((id, room));
             }
         }
-        if failure.is_none() {
+        if failure.is_none() && wrote {
             Metrics::inc(&metrics.flushes);
         }
+        for id in gone {
+            tracing::info!(room = %id, "room no longer in the store (deleted on another node)");
+            self.forget(id, "room deleted").await;
+        }
         // Every written room is marked as such before any compaction: a compaction that fails
-        // leaves only that room's log long (it is tried again after its next flush), never
-        // another room's progress behind (its next rows would then collide with stored ones).
-        for (id, room, last) in due {
+        // leaves only that room's log long (it is tried again after its next flush).
+        for (id, room) in due {
             let snapshot = blocking(|| room.snapshot());
-            // The snapshot may include updates newer than `last`; they are stored again
-            // later and applying an update twice is a no-op, so nothing is lost or doubled.
-            match self.shared.store.compact(id, &snapshot, last).await {
-                Ok(()) => {
+            // The stored rows are folded in: those of other nodes, and any this node wrote
+            // while the snapshot was taken (applying an update twice is a no-op).
+            match self.shared.store.compact(id, &snapshot).await {
+                Ok(_) => {
                     Metrics::inc(&metrics.compactions);
-                    self.set_progress(id, last + 1, 0);
+                    self.set_progress(id, 0);
+                    if let Some(entry) = self.entries().get_mut(&id) {
+                        entry.secure = false;
+                    }
                 }
                 Err(e) => {
                     Metrics::inc(&metrics.compaction_failures);
@@ -545,28 +639,30 @@ impl Rooms {
 
     /// Writes the batches in one transaction. Should that fail while the database answers,
     /// one room's rows may be what it refuses: each room is then written on its own, so that
-    /// the others are not held back by it. Returns which batches are written, and the first
+    /// the others are not held back by it. Returns what became of each batch, and the first
     /// error.
     async fn append(
         &self,
-        writes: &[(Uuid, i64, &[Vec<u8>], &FlushBatch)],
-    ) -> (Vec<bool>, Option<StoreError>) {
+        writes: &[(Uuid, &[Vec<u8>], &FlushBatch)],
+    ) -> (Vec<Written>, Option<StoreError>) {
         let store = &self.shared.store;
         match store.append(writes).await {
-            Ok(()) => (vec![true; writes.len()], None),
+            Ok(found) => (found.into_iter().map(Written::from).collect(), None),
             Err(e) if e.is_unreachable() || writes.len() == 1 => {
-                (vec![false; writes.len()], Some(e))
+                (writes.iter().map(|_| Written::No).collect(), Some(e))
             }
             Err(e) => {
                 tracing::warn!(error = %e, rooms = writes.len(), "group commit failed; writing each room on its own");
                 let mut written = Vec::with_capacity(writes.len());
                 let mut first = None;
                 for write in writes {
-                    let result = store.append(std::slice::from_ref(write)).await;
-                    written.push(result.is_ok());
-                    if let Err(e) = result {
-                        tracing::warn!(room = %write.0, error = %e, "room not written; kept in memory and retried");
-                        first.get_or_insert(e);
+                    match store.append(std::slice::from_ref(write)).await {
+                        Ok(found) => written.push(Written::from(found[0])),
+                        Err(e) => {
+                            tracing::warn!(room = %write.0, error = %e, "room not written; kept in memory and retried");
+                            written.push(Written::No);
+                            first.get_or_insert(e);
+                        }
                     }
                 }
                 (written, first)
@@ -580,9 +676,8 @@ impl Rooms {
         }
     }
 
-    fn set_progress(&self, id: Uuid, next_seq: i64, since_compaction: u64) {
+    fn set_progress(&self, id: Uuid, since_compaction: u64) {
         if let Some(entry) = self.entries().get_mut(&id) {
-            entry.next_seq = next_seq;
             entry.since_compaction = since_compaction;
         }
     }
@@ -590,21 +685,104 @@ impl Rooms {
     /// Unloads rooms that have had no peers for the idle period and have nothing unflushed.
     async fn unload_idle(&self) {
         let idle = self.shared.persistence.idle_unload();
-        let mut entries = self.entries();
-        let ids: Vec<Uuid> = entries
+        let ids: Vec<Uuid> = self
+            .entries()
             .iter()
             .filter(|(_, e)| {
-                e.room.idle_for().is_some_and(|d| d >= idle) && !e.room.has_unflushed()
+                e.room.idle_for().is_some_and(|d| d >= idle) && !e.room.has_unflushed() && !e.secure
             })
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            if let Some(entry) = entries.remove(&id) {
-                entry
-                    .room
-                    .close(CloseReason::new(close::GOING_AWAY, "room unloaded"));
-                Metrics::inc(&self.shared.metrics.rooms_unloaded);
-                tracing::info!(room = %id, "idle room unloaded");
+            Metrics::inc(&self.shared.metrics.rooms_unloaded);
+            tracing::info!(room = %id, "idle room unloaded");
+            self.forget(id, "room unloaded").await;
+        }
+    }
+
+    /// Runs the relay (with `--redis-url`) until `shutdown` fires: publishes what the rooms
+    /// send, delivers what the other nodes send, and every second sends each room's heartbeat,
+    /// forgets the nodes that fell silent and announces this node's peer counts.
+    pub async fn run_relay(self, shutdown: watch::Receiver<bool>) {
+        let Some(relay) = self.shared.relay.clone() else {
+            return;
+        };
+        let publisher = tokio::spawn(relay.clone().run_publisher(shutdown.clone()));
+        let heartbeats = tokio::spawn(self.clone().run_heartbeats(shutdown.clone()));
+        let (listed, reconnected, delivered) = (self.clone(), self.clone(), self.clone());
+        relay
+            .run_subscriber(
+                shutdown,
+                move || listed.entries().keys().copied().collect(),
+                move || reconnected.reconnected(),
+                move |room, origin, message| delivered.deliver(room, origin, message),
+            )
+            .await;
+        let _ = publisher.await;
+        let _ = heartbeats.await;
+    }
+
+    async fn run_heartbeats(self, mut shutdown: watch::Receiver<bool>) {
+        let Some(relay) = self.shared.relay.clone() else {
+            return;
+        };
+        let mut ticks = tokio::time::interval(relay::HEARTBEAT);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let rooms: Vec<(Uuid, Arc<Room>)> = self
+                .entries()
+                .iter()
+                .map(|(id, e)| (*id, e.room.clone()))
+                .collect();
+            let mut counts = Vec::with_capacity(rooms.len());
+            for (id, room) in rooms {
+                relay.send(id, &room.heartbeat());
+                if room.forget_silent(relay::SILENCE) {
+                    if let Some(entry) = self.entries().get_mut(&id) {
+                        entry.secure = true;
+                    }
+                }
+                counts.push((id, room.peer_count()));
+            }
+            relay.announce(&counts).await;
+        }
+    }
+
+    /// Back on Redis after an outage: introduce every room again (what was missed either way
+    /// is repaired by the answers), and close the rooms deleted meanwhile.
+    fn reconnected(&self) {
+        let rooms: Vec<(Uuid, Arc<Room>)> = self
+            .entries()
+            .iter()
+            .map(|(id, e)| (*id, e.room.clone()))
+            .collect();
+        for (_, room) in &rooms {
+            room.introduce();
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            for (id, _) in rooms {
+                if let Ok(None) = this.shared.store.room_meta(id).await {
+                    tracing::info!(room = %id, "room deleted while this node was cut off");
+                    this.forget(id, "room deleted").await;
+                }
+            }
+        });
+    }
+
+    fn deliver(&self, id: Uuid, origin: NodeId, message: Relayed) {
+        if message == Relayed::Deleted {
+            let this = self.clone();
+            tokio::spawn(async move { this.forget(id, "room deleted").await });
+            return;
+        }
+        if let Some(room) = self.loaded(id) {
+            if room.relayed(origin, message) {
+                Metrics::inc(&self.shared.metrics.relay_repairs);
             }
         }
     }
@@ -626,6 +804,30 @@ impl Rooms {
             tracing::warn!(attempt, "final flush failed; retrying");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // The other nodes learn at once that everything of this node's is written.
+        if let Some(relay) = &self.shared.relay {
+            for room in &rooms {
+                relay.publish(room.meta.id, &room.heartbeat()).await;
+            }
+        }
         self.shared.store.close().await;
+    }
+}
+
+/// What became of one room's batch in a group commit.
+enum Written {
+    Yes,
+    No,
+    /// The room is no longer in the store.
+    RoomGone,
+}
+
+impl From<bool> for Written {
+    fn from(found: bool) -> Written {
+        if found {
+            Written::Yes
+        } else {
+            Written::RoomGone
+        }
     }
 }

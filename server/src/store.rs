@@ -12,7 +12,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use uuid::Uuid;
 
-use crate::room::{FileInfo, FlushBatch, RoomMeta};
+use crate::blocking::blocking;
+use crate::room::{union_of, FileInfo, FlushBatch, RoomMeta};
 
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -25,6 +26,8 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported DATABASE_URL scheme (use postgres:// or sqlite://)")]
     UnsupportedUrl,
+    #[error("the stored room state is corrupt: {0}")]
+    Corrupt(String),
 }
 
 impl StoreError {
@@ -56,8 +59,6 @@ pub struct StoredRoom {
     pub meta: RoomMeta,
     pub state: Option<Vec<u8>>,
     pub updates: Vec<Vec<u8>>,
-    /// Sequence number of the last stored update (0 when there is none).
-    pub last_seq: i64,
 }
 
 impl Store {
@@ -155,22 +156,18 @@ impl Store {
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?;
-        let rows =
-            sqlx::query("SELECT seq, data FROM room_updates WHERE room_id = $1 ORDER BY seq")
-                .bind(&key)
-                .fetch_all(&self.pool)
-                .await?;
-        let mut updates = Vec::with_capacity(rows.len());
-        let mut last_seq = 0;
-        for row in rows {
-            last_seq = row.try_get(0)?;
-            updates.push(row.try_get(1)?);
-        }
+        let rows = sqlx::query("SELECT data FROM room_updates WHERE room_id = $1 ORDER BY seq")
+            .bind(&key)
+            .fetch_all(&self.pool)
+            .await?;
+        let updates = rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
         Ok(Some(StoredRoom {
             meta,
             state,
             updates,
-            last_seq,
         }))
     }
 
@@ -201,25 +198,54 @@ impl Store {
         Ok(row.map(|row| row.try_get(0)).transpose()?)
     }
 
-    /// Appends each room's rows of updates (numbered from its `first_seq`) and changed file
-    /// copies, and notes those files and their authors for the next version, all in one
-    /// transaction: one write per flush, never one per keystroke.
+    /// Appends each room's rows of updates and changed file copies, and notes those files and
+    /// their authors for the next version, all in one transaction: one write per flush, never
+    /// one per keystroke. Returns, for each room, whether it still
+    /// exists: a room deleted meanwhile (by another node perhaps) gets none of its rows
+    /// written.
+    ///
+    /// Several nodes may write the same room: each room's row is updated first, which in
+    /// PostgreSQL locks it until the commit, so the next sequence numbers are read and taken by
+    /// one writer at a time. Rooms go in the order of their ids, so that two group commits
+    /// never wait for each other's locks.
     pub async fn append(
         &self,
-        batches: &[(Uuid, i64, &[Vec<u8>], &FlushBatch)],
-    ) -> Result<(), StoreError> {
+        batches: &[(Uuid, &[Vec<u8>], &FlushBatch)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut order: Vec<usize> = (0..batches.len()).collect();
+        order.sort_by_key(|&i| batches[i].0);
+        let mut found = vec![false; batches.len()];
         let mut tx = self.pool.begin().await?;
-        for (id, first_seq, rows, batch) in batches {
+        for i in order {
+            let (id, rows, batch) = batches[i];
             let key = id.to_string();
-            for (i, update) in rows.iter().enumerate() {
+            let updated = sqlx::query(
+                "UPDATE rooms SET updated_at = CASE WHEN updated_at < $1 THEN $1 ELSE updated_at END \
+                 WHERE id = $2",
+            )
+            .bind(batch.updated_at)
+            .bind(&key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                continue;
+            }
+            let base: i64 =
+                sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM room_updates WHERE room_id = $1")
+                    .bind(&key)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?;
+            for (n, update) in rows.iter().enumerate() {
                 sqlx::query("INSERT INTO room_updates (room_id, seq, data) VALUES ($1, $2, $3)")
                     .bind(&key)
-                    .bind(first_seq + i as i64)
+                    .bind(base + 1 + n as i64)
                     .bind(update.clone())
                     .execute(&mut *tx)
                     .await?;
             }
-            upsert_files(&mut tx, *id, &batch.changed_files).await?;
+            upsert_files(&mut tx, id, &batch.changed_files).await?;
             for path in &batch.removed_files {
                 sqlx::query("DELETE FROM room_files WHERE room_id = $1 AND path = $2")
                     .bind(&key)
@@ -230,37 +256,60 @@ impl Store {
             let written = batch.changed_files.iter().map(|(path, _)| path);
             Store::note_unversioned(
                 &mut tx,
-                *id,
+                id,
                 written.chain(&batch.removed_files),
                 &batch.authors,
             )
             .await?;
-            sqlx::query("UPDATE rooms SET updated_at = $1 WHERE id = $2")
-                .bind(batch.updated_at)
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
+            found[i] = true;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(found)
     }
 
-    /// Replaces the stored state with `state` and drops the updates it includes (`seq <= upto`).
-    pub async fn compact(&self, id: Uuid, state: &[u8], upto: i64) -> Result<(), StoreError> {
+    /// Rewrites the room's stored state as one snapshot: the union of the stored state, every
+    /// row of the update log and `snapshot` (the writer's whole document), then drops the
+    /// rows. Rows that other nodes wrote, which this node may not have seen yet, are folded in,
+    /// never lost. False when the room no longer exists.
+    pub async fn compact(&self, id: Uuid, snapshot: &[u8]) -> Result<bool, StoreError> {
         let key = id.to_string();
         let mut tx = self.pool.begin().await?;
+        // The room's row first: other writers of this room wait until the commit.
+        let found = sqlx::query("UPDATE rooms SET updated_at = updated_at WHERE id = $1")
+            .bind(&key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if found == 0 {
+            return Ok(false);
+        }
+        let state: Option<Vec<u8>> = sqlx::query("SELECT state FROM rooms WHERE id = $1")
+            .bind(&key)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let rows = sqlx::query("SELECT data FROM room_updates WHERE room_id = $1 ORDER BY seq")
+            .bind(&key)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut parts: Vec<Vec<u8>> = state.into_iter().collect();
+        for row in rows {
+            parts.push(row.try_get(0)?);
+        }
+        parts.push(snapshot.to_vec());
+        let state =
+            blocking(|| union_of(&parts)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query("UPDATE rooms SET state = $1 WHERE id = $2")
-            .bind(state.to_vec())
+            .bind(state)
             .bind(&key)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM room_updates WHERE room_id = $1 AND seq <= $2")
+        sqlx::query("DELETE FROM room_updates WHERE room_id = $1")
             .bind(&key)
-            .bind(upto)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Deletes a room and everything stored for it. False when there was no such room.

@@ -47,13 +47,21 @@ pub async fn serve(
     };
     let room_id = room.meta.id;
 
-    let joined = room.join(PeerLink {
-        frames: frames_tx,
-        kick: kick_tx,
+    // With several nodes, the room's peer limit counts the peers on all of them.
+    let place = rooms.take_place(room_id).await;
+    let joined = place.clone().and_then(|_| {
+        room.join(PeerLink {
+            frames: frames_tx,
+            kick: kick_tx,
+        })
     });
+    let placed = place.unwrap_or(false);
     let (peer, hello) = match joined {
         Ok(joined) => joined,
         Err(reason) => {
+            if placed {
+                rooms.give_place(room_id);
+            }
             tracing::info!(room = %room_id, reason = %reason.reason, "connection refused");
             Metrics::inc(&metrics.connections_rejected);
             close_handshake(&mut conn.sink, &mut stream, reason, false).await;
@@ -143,6 +151,9 @@ pub async fn serve(
     .await;
 
     room.leave(peer);
+    if placed {
+        rooms.give_place(room_id);
+    }
     if let Err(reason) = outcome {
         if reason.code != close::GOING_AWAY {
             Metrics::inc(&metrics.peers_kicked);
