@@ -453,7 +453,7 @@ impl Relay {
                             }
                         }
                         _ = pings.tick() => {
-                            match tokio::time::timeout(REDIS_TIMEOUT * 2, sink.ping::<String>()).await {
+                            match tokio::time::timeout(REDIS_TIMEOUT * 2, sink.ping::<redis::Value>()).await {
                                 Ok(Ok(_)) => {}
                                 _ => return Err("the subscription stopped answering".to_string()),
                             }
@@ -490,27 +490,26 @@ impl Relay {
     /// Subscribes to a room's channel (a room being loaded). False if it could not be done
     /// now: the next (re)connection subscribes every loaded room.
     pub async fn subscribe(&self, room: Uuid) -> bool {
-        let sink = self
-            .inner
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some(mut sink) = sink else { return false };
+        let Some(mut sink) = self.subscriptions() else {
+            return false;
+        };
         matches!(
             tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(Self::channel(room))).await,
             Ok(Ok(()))
         )
     }
 
-    pub async fn unsubscribe(&self, room: Uuid) {
-        let sink = self
-            .inner
+    /// The subscription's sink, while subscribed.
+    fn subscriptions(&self) -> Option<PubSubSink> {
+        self.inner
             .subscriptions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(mut sink) = sink {
+            .clone()
+    }
+
+    pub async fn unsubscribe(&self, room: Uuid) {
+        if let Some(mut sink) = self.subscriptions() {
             let _ =
                 tokio::time::timeout(REDIS_TIMEOUT, sink.unsubscribe(Self::channel(room))).await;
         }

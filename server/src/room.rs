@@ -943,6 +943,11 @@ impl Room {
         unwritten
     }
 
+    /// Some other node's updates are here that it has not confirmed as written.
+    pub fn holds_unconfirmed(&self) -> bool {
+        self.lock().remotes.values().any(|r| r.received > r.stored)
+    }
+
     /// Waits until `nodes` other nodes have been heard from in this room, or `limit` passes.
     pub async fn hear_from(&self, nodes: usize, limit: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + limit;

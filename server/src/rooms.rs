@@ -793,6 +793,13 @@ impl Rooms {
         let rooms: Vec<Arc<Room>> = self.entries().values().map(|e| e.room.clone()).collect();
         for room in &rooms {
             room.close(CloseReason::new(close::GOING_AWAY, "server shutting down"));
+            // Updates of other nodes not confirmed as written are written here too: this
+            // node may be the last to hold them.
+            if room.holds_unconfirmed() {
+                if let Some(entry) = self.entries().get_mut(&room.meta.id) {
+                    entry.secure = true;
+                }
+            }
         }
         for attempt in 1..=10 {
             if self.flush_all().await {

@@ -13,6 +13,7 @@ pub mod node;
 pub mod nvim;
 pub mod pg;
 pub mod proxy;
+pub mod redis;
 pub mod server;
 pub mod stats;
 pub mod tls;

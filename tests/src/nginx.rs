@@ -36,6 +36,12 @@ fn binary() -> PathBuf {
 impl Nginx {
     /// Starts nginx on `https://localhost:<port>` with `issued`, proxying to `upstream_port`.
     pub async fn start(issued: &Issued, upstream_port: u16) -> Nginx {
+        Nginx::balance(issued, &[upstream_port]).await
+    }
+
+    /// Like [`Nginx::start`], spreading connections over several nodes (round-robin, as
+    /// documented).
+    pub async fn balance(issued: &Issued, upstream_ports: &[u16]) -> Nginx {
         let dir = TempDir::new("nginx");
         let port = free_port();
         let site = render_site(
@@ -61,7 +67,11 @@ impl Nginx {
                 ),
                 (
                     "server 127.0.0.1:8000;",
-                    format!("server 127.0.0.1:{upstream_port};"),
+                    upstream_ports
+                        .iter()
+                        .map(|port| format!("server 127.0.0.1:{port};"))
+                        .collect::<Vec<_>>()
+                        .join("\n    "),
                 ),
             ],
         );
