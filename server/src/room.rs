@@ -209,6 +209,9 @@ struct State {
     published: u64,
     taken_upto: u64,
     stored_upto: u64,
+    /// Since when files changed by other nodes' updates wait for their plain-text copies
+    /// (written with this node's next batch, or on their own after a while).
+    relayed_since: Option<Instant>,
     /// Changes of the document so far, and the deletions digest as of a count of them.
     version: u64,
     digest: Option<(u64, u64)>,
@@ -303,6 +306,7 @@ impl Room {
                 published: 0,
                 taken_upto: 0,
                 stored_upto: 0,
+                relayed_since: None,
                 version: 0,
                 digest: None,
             }),
@@ -617,12 +621,19 @@ impl Room {
     }
 
     /// Takes what has not been written yet, with the files whose text changed since the last
-    /// write. `None` when there is nothing to write.
-    pub fn take_unflushed(&self) -> Option<FlushBatch> {
+    /// write. `None` when there is nothing to write. Files that only other nodes' updates
+    /// changed are copied with this node's next updates, or on their own once they have waited
+    /// `copies_after`: every node writes the copies of what its own peers change, and a copy
+    /// that a node wrote before another's last change is brought up to date.
+    pub fn take_unflushed(&self, copies_after: std::time::Duration) -> Option<FlushBatch> {
         let mut state = self.lock();
-        if state.unflushed.is_empty() {
+        let copies_due = state
+            .relayed_since
+            .is_some_and(|since| since.elapsed() >= copies_after);
+        if state.unflushed.is_empty() && !copies_due {
             return None;
         }
+        state.relayed_since = None;
         // Until the write succeeds (`flushed`), `/readyz` must not call the store current.
         state.writing_since = state.unflushed_since.take();
         state.taken_upto = state.published;
@@ -658,6 +669,9 @@ impl Room {
     /// Puts back a batch whose write failed, ahead of anything that arrived since.
     pub fn restore(&self, batch: FlushBatch) {
         let mut state = self.lock();
+        if batch.updates.is_empty() {
+            state.relayed_since.get_or_insert_with(Instant::now);
+        }
         let newer = std::mem::replace(&mut state.unflushed, batch.updates);
         state.unflushed.extend(newer);
         state.unflushed_since = state.writing_since.take().or(state.unflushed_since);
@@ -980,6 +994,7 @@ fn integrate(state: &mut State, bytes: &[u8], keep: bool) -> bool {
     };
     let Some(delta) = delta else { return false };
     state.version += 1;
+    state.relayed_since.get_or_insert_with(Instant::now);
     state.updated_at = now_ms();
     measure(state);
     broadcast(
@@ -1476,7 +1491,7 @@ mod tests {
             files.insert(txn, "a.txt", TextPrelim::new("a"));
             files.insert(txn, "b.txt", TextPrelim::new("b"));
         });
-        let batch = room.take_unflushed().unwrap();
+        let batch = room.take_unflushed(std::time::Duration::ZERO).unwrap();
         let mut changed = batch.changed_files.clone();
         changed.sort();
         assert_eq!(
@@ -1495,7 +1510,7 @@ mod tests {
         send(&|txn| {
             files.remove(txn, "b.txt");
         });
-        let batch = room.take_unflushed().unwrap();
+        let batch = room.take_unflushed(std::time::Duration::ZERO).unwrap();
         assert_eq!(
             batch.changed_files,
             vec![("a.txt".to_string(), "a!".to_string())]
@@ -1503,7 +1518,7 @@ mod tests {
         assert_eq!(batch.removed_files, vec!["b.txt".to_string()]);
         // A failed write puts them back for the next one.
         room.restore(batch);
-        let again = room.take_unflushed().unwrap();
+        let again = room.take_unflushed(std::time::Duration::ZERO).unwrap();
         assert_eq!(
             again.changed_files,
             vec![("a.txt".to_string(), "a!".to_string())]
@@ -1539,7 +1554,7 @@ mod tests {
             room.receive(peer, &update_frame(txn.encode_update_v1()))
                 .unwrap();
         }
-        let batch = room.take_unflushed().unwrap();
+        let batch = room.take_unflushed(std::time::Duration::ZERO).unwrap();
         assert!(room.has_unflushed(), "being written is not written");
         assert_eq!(batch.updates.len(), 8, "the file, then 7 keystrokes");
         let rows = batch.rows();

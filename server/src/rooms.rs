@@ -51,6 +51,10 @@ pub enum RoomsError {
     TooLarge(String),
 }
 
+/// How long files changed only by other nodes' updates wait for their plain-text copies to be
+/// written by this node too (see [`Room::take_unflushed`]).
+const COPIES_AFTER: Duration = Duration::from_secs(2);
+
 /// How often rooms not in memory are looked at: versions still to take (after a crash), old
 /// versions to prune.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
@@ -341,7 +345,7 @@ impl Rooms {
                 _ = shutdown.changed() => break,
             }
             let _writing = self.shared.writer.lock().await;
-            if self.flush_all().await {
+            if self.flush_all(COPIES_AFTER).await {
                 backoff = interval;
                 self.take_due_versions().await;
                 if swept.is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL) {
@@ -444,7 +448,7 @@ impl Rooms {
     /// Takes a version now, with everything edited so far (`POST /rooms/{id}/versions`).
     pub async fn take_version(&self, id: Uuid, label: Option<&str>) -> Result<Version, RoomsError> {
         let _writing = self.shared.writer.lock().await;
-        self.flush().await?;
+        self.flush(Duration::ZERO).await?;
         let take = Take {
             reason: Reason::Request,
             label,
@@ -491,7 +495,7 @@ impl Rooms {
         // builds on a store that has every edit so far.
         let _writing = self.shared.writer.lock().await;
         let room = self.get(id).await?;
-        self.flush().await?;
+        self.flush(Duration::ZERO).await?;
         let replaced = blocking(|| room.restore_files(&wanted, only_these, author))
             .map_err(RoomsError::TooLarge)?;
         if replaced.is_empty() {
@@ -526,8 +530,8 @@ impl Rooms {
     }
 
     /// Flushes every room with buffered updates. False if any write failed.
-    pub async fn flush_all(&self) -> bool {
-        match self.flush().await {
+    pub async fn flush_all(&self, copies_after: Duration) -> bool {
+        match self.flush(copies_after).await {
             Ok(()) => {
                 if self.shared.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!("store available again; buffered updates written");
@@ -545,7 +549,7 @@ impl Rooms {
     }
 
     /// One group commit: the buffered updates of every room, in one transaction.
-    async fn flush(&self) -> Result<(), StoreError> {
+    async fn flush(&self, copies_after: Duration) -> Result<(), StoreError> {
         let rooms: Vec<(Uuid, Arc<Room>, u64, bool)> = self
             .entries()
             .iter()
@@ -559,7 +563,7 @@ impl Rooms {
         let taken: Vec<_> = rooms
             .into_iter()
             .filter_map(|(id, room, since, _)| {
-                let batch = room.take_unflushed()?;
+                let batch = room.take_unflushed(copies_after)?;
                 Some((id, room, since, batch))
             })
             .collect();
@@ -592,7 +596,11 @@ impl Rooms {
                 Written::Yes => {}
             }
             room.flushed();
-            self.mark_unversioned(id);
+            // Versions are taken where the room is edited: a node that only copied files
+            // other nodes' peers changed leaves them to those nodes.
+            if !batch.updates.is_empty() {
+                self.mark_unversioned(id);
+            }
             metrics
                 .updates_written
                 .fetch_add(batch.updates.len() as u64, Ordering::Relaxed);
@@ -802,7 +810,7 @@ impl Rooms {
             }
         }
         for attempt in 1..=10 {
-            if self.flush_all().await {
+            if self.flush_all(Duration::ZERO).await {
                 tracing::info!(rooms = rooms.len(), "all rooms flushed");
                 // Every peer is gone: each edited room gets its version.
                 self.take_due_versions().await;

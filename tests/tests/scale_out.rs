@@ -438,6 +438,17 @@ async fn redis_restarts_and_a_10s_cut_lose_nothing() {
     .to_vec();
     each_once(&text, &markers);
 
+    // The plain-text copy in the store catches up with edits from both nodes (each node
+    // copies what its peers change, and later what the other's changed).
+    let copy_sql = format!(
+        "SELECT content FROM room_files WHERE room_id = '{}' AND path = 'a.txt'",
+        room.id
+    );
+    eventually(ACROSS, "the stored copy to hold the final text", || async {
+        (db.sql(&copy_sql).strip_suffix('\n') == Some(text.as_str())).then_some(())
+    })
+    .await;
+
     // And the store has it all: a fresh node, after both stop, loads exactly this text.
     let (mut first, mut second) = (first, second);
     assert!(first.terminate().await && second.terminate().await);
