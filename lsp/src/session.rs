@@ -11,12 +11,14 @@
 //! The state lives here; the handlers live by concern in the submodules, as `impl Session`
 //! blocks: [`lifecycle`] (initialize), [`documents`] (open, change, close, the next
 //! `applyEdit`), [`room`] (join, connection events, linking documents to the room's files,
-//! peers' changes), [`presence`] (our cursor out, peers in), [`completion`] and [`commands`].
+//! peers' changes), [`presence`] (our cursor out, peers in), [`completion`], [`commands`] and
+//! [`history`] (the room's versions, restores, what changed while we were away).
 
 mod commands;
 mod completion;
 mod documents;
 pub mod editor;
+mod history;
 mod lifecycle;
 mod presence;
 mod room;
@@ -123,6 +125,8 @@ pub struct Session {
     /// The last `duet/status` sent, so that an unchanged one is not sent again (peers moving
     /// their cursors change `duet/peers` only).
     status_sent: Option<Value>,
+    /// What changed in the room while we were away (from our last visit to it).
+    away: Option<history::Away>,
 }
 
 impl Session {
@@ -157,6 +161,7 @@ impl Session {
             presence: None,
             presence_sent: None,
             presence_tick: false,
+            away: None,
         }
     }
 

@@ -57,10 +57,7 @@ impl Workspace {
     /// Saves text the room's version replaced, under the user's state directory, and returns
     /// where.
     pub fn save_recovery(&self, room: &str, path: &str, text: &str) -> std::io::Result<PathBuf> {
-        let base = std::env::var_os("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-            .unwrap_or_else(std::env::temp_dir);
+        let base = state_dir();
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -75,6 +72,14 @@ impl Workspace {
         std::fs::write(&file, text)?;
         Ok(file)
     }
+}
+
+/// The user's state directory: `$XDG_STATE_HOME`, else `~/.local/state`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 #[cfg(test)]

@@ -11,13 +11,19 @@ use duet_e2e::server::{Backend, Database, RoomRef, Server};
 use duet_e2e::yclient::YClient;
 use serde_json::{json, Value};
 
-const COMMANDS: [&str; 6] = [
+const COMMANDS: [&str; 12] = [
     "duet.createRoom",
     "duet.joinRoom",
     "duet.leaveRoom",
     "duet.status",
     "duet.undo",
     "duet.redo",
+    "duet.versions",
+    "duet.versionText",
+    "duet.saveVersion",
+    "duet.restore",
+    "duet.away",
+    "duet.awayText",
 ];
 
 async fn start() -> (Database, Server) {

@@ -719,3 +719,146 @@ async fn under_helix_the_log_goes_beside_helix_log_not_to_stderr() {
     );
     assert!(!vscode.helix_log_file().exists());
 }
+
+/// The room's history through workspace commands, as a Helix user runs them
+/// (`:lsp-workspace-command duet.versions`, `duet.restore <version> [path]`): the versions as a
+/// list to read, a restore that reaches the editor, and, back in a room after leaving it, which
+/// files changed meanwhile and who changed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_restore_and_what_changed_while_away_through_workspace_commands() {
+    use duet_e2e::yclient::YClient;
+    use serde_json::json;
+    use yrs::{Map, TextPrelim};
+
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+    let (_db, server) = start_server().await;
+    let room = server.create_room_with(&[("a.py", "x = 1\n")]).await;
+    let helix = FakeEditor::builder(Kind::Helix)
+        .label("ann")
+        .join(&server, &room, "a.py")
+        .await;
+    let good = "x = 1\ny = 2\n";
+    helix.type_text("a.py", 6, "y = 2\n").await;
+    duet_e2e::eventually(WAIT, "the server to have the typing", || async {
+        (server.file(&room, "a.py").await.as_deref() == Some(good)).then_some(())
+    })
+    .await;
+    let saved = helix
+        .execute_command("duet.saveVersion", json!(["good"]))
+        .await
+        .expect("duet.saveVersion");
+    assert_eq!(saved["id"], json!(1), "{saved}");
+
+    helix.replace("a.py", 0, good.chars().count(), "broken\n");
+    duet_e2e::eventually(WAIT, "the server to have the damage", || async {
+        (server.file(&room, "a.py").await.as_deref() == Some("broken\n")).then_some(())
+    })
+    .await;
+
+    // The list: one line per version, in a popup that stays until dismissed.
+    let mark = helix.mark();
+    let listed = helix
+        .execute_command("duet.versions", json!([]))
+        .await
+        .expect("duet.versions");
+    assert_eq!(listed["versions"][0]["id"], json!(1), "{listed}");
+    let popup = helix
+        .wait_received_after(mark, "the list of versions", WAIT, |method, _| {
+            method == "window/showMessageRequest"
+        })
+        .await;
+    let line = popup.params["actions"][0]["title"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        line.starts_with("#1  ")
+            && line.contains("ann")
+            && line.contains("a.py")
+            && line.ends_with("\"good\""),
+        "{line}"
+    );
+
+    // A restore reaches the editor; the version before it holds the damage.
+    let restored = helix
+        .execute_command("duet.restore", json!([1, "a.py"]))
+        .await
+        .expect("duet.restore");
+    assert_eq!(restored["restored"], json!(["a.py"]), "{restored}");
+    duet_e2e::eventually(WAIT, "the restore to reach Helix", || async {
+        (helix.text("a.py") == good).then_some(())
+    })
+    .await;
+    helix
+        .wait_message("the restore's notice", WAIT, |m| {
+            m["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("restored a.py from version 1 (version 2 holds"))
+        })
+        .await;
+    let replaced = helix
+        .execute_command("duet.versionText", json!([2, "a.py"]))
+        .await
+        .expect("duet.versionText");
+    assert_eq!(replaced["text"], json!("broken\n"));
+    let refused = helix
+        .execute_command("duet.restore", json!(["nine"]))
+        .await
+        .expect_err("a version that is no number");
+    assert!(
+        refused.to_string().contains("needs a version number"),
+        "{refused}"
+    );
+
+    // Away: Bob changes a file and adds one while Ann is out of the room.
+    helix
+        .execute_command("duet.leaveRoom", json!([]))
+        .await
+        .expect("duet.leaveRoom");
+    let bob = YClient::join(&server.ws_url(&room)).await;
+    bob.set_presence(json!({"user": {"name": "Bob"}}));
+    bob.append("a.py", "z = 3\n");
+    bob.transact(|txn, files| {
+        files.insert(txn, "b.py", TextPrelim::new("b = 1\n"));
+    });
+    duet_e2e::eventually(WAIT, "the server to have Bob's edits", || async {
+        server.file(&room, "b.py").await.map(|_| ())
+    })
+    .await;
+    let mark = helix.mark();
+    helix
+        .execute_command("duet.joinRoom", json!([server.ws_url(&room)]))
+        .await
+        .expect("duet.joinRoom");
+    let away = helix
+        .wait_received_after(mark, "duet/away", WAIT, |method, _| method == "duet/away")
+        .await;
+    assert_eq!(
+        away.params["files"],
+        json!([{"path": "a.py", "change": "changed"}, {"path": "b.py", "change": "added"}])
+    );
+    assert_eq!(away.params["authors"], json!(["Bob"]));
+    helix
+        .wait_message("the welcome back", WAIT, |m| {
+            m["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("while you were away, Bob changed a.py, b.py (added)"))
+        })
+        .await;
+    let mark = helix.mark();
+    helix
+        .execute_command("duet.away", json!([]))
+        .await
+        .expect("duet.away");
+    let popup = helix
+        .wait_received_after(mark, "the list of what changed", WAIT, |method, _| {
+            method == "window/showMessageRequest"
+        })
+        .await;
+    assert_eq!(popup.params["actions"][0]["title"], json!("a.py (changed)"));
+    let before = helix
+        .execute_command("duet.awayText", json!(["a.py"]))
+        .await
+        .expect("duet.awayText");
+    assert_eq!(before["text"], json!(good));
+    drop(bob);
+}

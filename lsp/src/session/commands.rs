@@ -1,5 +1,5 @@
 //! The commands (`workspace/executeCommand`): join, create and leave a room, the status, and
-//! undo/redo of the user's own edits.
+//! undo/redo of the user's own edits; the history's are in [`super::history`].
 
 use std::time::Duration;
 
@@ -15,13 +15,21 @@ use crate::ot::Component;
 use crate::replica::History;
 use crate::tls;
 
-pub const COMMANDS: [&str; 6] = [
+use super::history::http_client;
+
+pub const COMMANDS: [&str; 12] = [
     "duet.createRoom",
     "duet.joinRoom",
     "duet.leaveRoom",
     "duet.status",
     "duet.undo",
     "duet.redo",
+    "duet.versions",
+    "duet.versionText",
+    "duet.saveVersion",
+    "duet.restore",
+    "duet.away",
+    "duet.awayText",
 ];
 
 /// At most this many undo or redo steps at once (`1000u` in Neovim).
@@ -33,6 +41,9 @@ impl Session {
         params: ExecuteCommandParams,
         reply: oneshot::Sender<CommandResult>,
     ) {
+        let Some(reply) = self.history_command(&params.command, &params.arguments, reply) else {
+            return;
+        };
         let argument = params
             .arguments
             .first()
@@ -194,10 +205,7 @@ impl Session {
                     .trim_end_matches('/')
                     .replacen("ws://", "http://", 1)
                     .replacen("wss://", "https://", 1);
-                let http = match base.starts_with("https://") {
-                    true => tls::http_client(tls::client_config(ca.as_deref())?)?,
-                    false => reqwest::Client::new(),
-                };
+                let http = http_client(&base, ca.as_deref())?;
                 let mut request = http.post(format!("{base}/rooms"));
                 if let Some(secret) = &create_token {
                     request = request.bearer_auth(secret);

@@ -42,6 +42,13 @@ pub enum ToEditor {
     ProgressBegin { generation: u64, message: String },
     /// The join numbered `generation` ended: `$/progress` end.
     ProgressEnd { generation: u64, message: String },
+    /// `duet/away`: what changed in the room while the user was away, and who changed it.
+    Away(Value),
+    /// `window/showMessageRequest`: a list to read (and pick from; the pick is not used).
+    Choose {
+        message: String,
+        actions: Vec<String>,
+    },
     /// `workspace/applyEdit`; the answer comes back as [`Event::ApplyEditAnswered`].
     ApplyEdit { uri: Url, edit: ApplyEdit },
 }
@@ -79,6 +86,23 @@ async fn send_in_order(client: Client, mut messages: mpsc::UnboundedReceiver<ToE
                 client.send_notification::<StatusNotification>(params).await
             }
             ToEditor::Peers(params) => client.send_notification::<PeersNotification>(params).await,
+            ToEditor::Away(params) => client.send_notification::<AwayNotification>(params).await,
+            ToEditor::Choose { message, actions } => {
+                let actions = actions
+                    .into_iter()
+                    .map(|title| MessageActionItem {
+                        title,
+                        properties: Default::default(),
+                    })
+                    .collect();
+                // Nothing waits for the pick: later messages go out meanwhile.
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let _ = client
+                        .show_message_request(MessageType::INFO, message, Some(actions))
+                        .await;
+                });
+            }
             ToEditor::Diagnostics { uri, diagnostics } => {
                 client.publish_diagnostics(uri, diagnostics, None).await
             }
@@ -177,6 +201,14 @@ pub enum StatusNotification {}
 impl notification::Notification for StatusNotification {
     type Params = Value;
     const METHOD: &'static str = "duet/status";
+}
+
+/// `duet/away`: what changed in the room while the user was away.
+pub enum AwayNotification {}
+
+impl notification::Notification for AwayNotification {
+    type Params = Value;
+    const METHOD: &'static str = "duet/away";
 }
 
 /// `duet/peers`: everyone else in the room and where they are.

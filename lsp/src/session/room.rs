@@ -32,7 +32,7 @@ pub(super) struct Room {
     pub(super) connection: Connection,
     pub(super) replica: Replica,
     pub(super) connectivity: Connectivity,
-    ever_synced: bool,
+    pub(super) ever_synced: bool,
     /// The user was told the server cannot be reached (once per join).
     warned_unreachable: bool,
     /// When we last asked the server again for what we lack: an update that waits for one
@@ -121,6 +121,8 @@ impl Session {
 
     pub(super) fn leave(&mut self) {
         self.joining = None;
+        self.remember_room();
+        self.away = None;
         if let Some(room) = self.room.take() {
             tracing::info!(room = %room.invite.room, "left the room");
             for doc in self.docs.values_mut() {
@@ -270,6 +272,10 @@ impl Session {
         room.connectivity = Connectivity::Synced;
         room.ever_synced = true;
         let short = short_id(&room.invite);
+        if first {
+            // Before our documents join: what they add is not news.
+            self.welcome_back();
+        }
         // Documents opened before the first sync, or while offline, join the room now.
         let unlinked: Vec<Url> = self
             .docs

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tower_lsp::lsp_types::*;
 
-use super::{CommandResult, Event, Session, ToEditor};
+use super::{CommandResult, Event, Session, ToEditor, COMMANDS};
 use crate::connection::NetEvent;
 use crate::replica::Replica;
 use crate::shadow::Splice;
@@ -471,7 +471,10 @@ async fn an_unknown_command_names_the_known_ones() {
     let answer = editor.command("duet.dance", vec![]);
     assert_eq!(
         answer,
-        Err("unknown command \"duet.dance\"; duet's commands are duet.createRoom, duet.joinRoom, duet.leaveRoom, duet.status, duet.undo, duet.redo".into())
+        Err(format!(
+            "unknown command \"duet.dance\"; duet's commands are {}",
+            COMMANDS.join(", ")
+        ))
     );
     assert!(editor
         .said()
