@@ -32,6 +32,8 @@ use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 
+use duet_server::protocol::close;
+
 use crate::config::Invite;
 use crate::tls;
 
@@ -205,7 +207,7 @@ async fn run(
                     }
                 };
                 match ended {
-                    Ended::Closed(code, reason) if is_final(code, &reason) => {
+                    Ended::Closed(code, reason) if is_final(code) => {
                         emit(NetEvent::Refused(format!(
                             "the server closed the room connection: {reason} ({code})"
                         )));
@@ -264,10 +266,13 @@ enum Ended {
 }
 
 /// Close codes after which reconnecting would only repeat the refusal: our data was refused
-/// as malformed (1007) or too large (1009), or the room is gone. A rate limit (1008) is not:
-/// the re-sync after reconnecting carries what was refused.
-fn is_final(code: u16, reason: &str) -> bool {
-    matches!(code, 1007 | 1009) || reason == "room deleted"
+/// as malformed or too large, or the room is gone. A rate limit (1008) is not: the re-sync
+/// after reconnecting carries what was refused.
+fn is_final(code: u16) -> bool {
+    matches!(
+        code,
+        close::INVALID_DATA | close::TOO_BIG | close::ROOM_DELETED
+    )
 }
 
 /// A token bucket of [`SEND_RATE`] messages a second.
@@ -345,6 +350,7 @@ mod tests {
     use super::*;
     use crate::replica::Replica;
     use crate::shadow::Splice;
+    use duet_server::protocol::{Cursor, Presence, User};
 
     #[test]
     fn the_token_goes_in_a_header_never_in_the_url() {
@@ -392,7 +398,14 @@ mod tests {
             if i % 50 == 0 {
                 frames.push(
                     replica
-                        .set_presence(&serde_json::json!({"cursor": i}))
+                        .set_presence(&Presence {
+                            user: User::default(),
+                            cursor: Some(Cursor {
+                                file: "a.txt".into(),
+                                anchor: None,
+                                head: i as u32,
+                            }),
+                        })
                         .unwrap(),
                 );
             }
@@ -403,6 +416,12 @@ mod tests {
         other.receive(&merged[0]).unwrap();
         other.receive(&merged[1]).unwrap();
         assert_eq!(other.text("a.txt").unwrap(), "x".repeat(500));
-        assert_eq!(other.peers().len(), 1);
+        let peers = other.peers();
+        assert_eq!(peers.len(), 1);
+        assert_eq!(
+            peers[0].cursor.as_ref().unwrap().head,
+            450,
+            "the latest presence"
+        );
     }
 }

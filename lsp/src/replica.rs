@@ -19,6 +19,8 @@ use yrs::{
     TextPrelim, TextRef, Transact, UndoManager, Update,
 };
 
+use duet_server::protocol::{Cursor, Presence};
+
 use crate::ot::Component;
 
 /// Origin of the transactions this bridge makes for the user's typing, so its own observers
@@ -59,8 +61,7 @@ pub struct Peer {
     pub client_id: u64,
     pub name: String,
     pub color: String,
-    /// `(path, anchor, head)`, offsets in UTF-16 code units of the file's text.
-    pub cursor: Option<(String, u32, u32)>,
+    pub cursor: Option<Cursor>,
 }
 
 pub struct Replica {
@@ -327,8 +328,9 @@ impl Replica {
     }
 
     /// Sets our presence. Returns the frame to send.
-    pub fn set_presence(&mut self, state: &serde_json::Value) -> Option<Vec<u8>> {
-        self.awareness.set_local_state_raw(state.to_string());
+    pub fn set_presence(&mut self, state: &Presence) -> Option<Vec<u8>> {
+        self.awareness
+            .set_local_state_raw(serde_json::to_string(state).ok()?);
         self.own_presence()
     }
 
@@ -348,23 +350,18 @@ impl Replica {
             .iter()
             .filter(|(id, _)| *id != me)
             .filter_map(|(id, state)| {
+                // A client that cleared its state (`null`) is gone; what else it announces
+                // is read leniently (see `Presence`).
                 let value: serde_json::Value = serde_json::from_str(state.data.as_deref()?).ok()?;
-                let user = value.get("user");
-                let field = |name: &str| user.and_then(|u| u.get(name)).and_then(|v| v.as_str());
-                let cursor = value.get("cursor").and_then(|c| {
-                    let file = c.get("file")?.as_str()?.to_string();
-                    let head = c.get("head")?.as_u64()? as u32;
-                    let anchor = c
-                        .get("anchor")
-                        .and_then(|a| a.as_u64())
-                        .map_or(head, |a| a as u32);
-                    Some((file, anchor, head))
-                });
-                (!value.is_null()).then(|| Peer {
+                if value.is_null() {
+                    return None;
+                }
+                let presence: Presence = serde_json::from_value(value).unwrap_or_default();
+                Some(Peer {
                     client_id: id.get(),
-                    name: field("name").unwrap_or("anonymous").to_string(),
-                    color: field("color").unwrap_or("#888888").to_string(),
-                    cursor,
+                    name: presence.user.name,
+                    color: presence.user.color,
+                    cursor: presence.cursor,
                 })
             })
             .collect();

@@ -29,6 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use duet_server::autocomplete::{Engine, IdentifierIndex};
+use duet_server::protocol::Presence;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tower_lsp::lsp_types::*;
@@ -119,7 +120,7 @@ pub struct Session {
     /// Documents the editor sent invalid UTF-8 for before opening them: not shared.
     undecodable: HashSet<Url>,
     /// Our latest presence, not sent yet, and when the last one went out.
-    presence: Option<Value>,
+    presence: Option<Presence>,
     presence_sent: Option<Instant>,
     presence_tick: bool,
     /// The last `duet/status` sent, so that an unchanged one is not sent again (peers moving

@@ -38,15 +38,7 @@ pub const FILES: &str = "files";
 const CHANGES: &str = "duet-changes";
 
 /// Close codes sent to a peer, with a reason that names what happened.
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-}
+pub use crate::protocol::close;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseReason {
@@ -60,6 +52,11 @@ impl CloseReason {
             code,
             reason: reason.into(),
         }
+    }
+
+    /// The room was deleted (here, or on another node): reconnecting cannot help.
+    pub fn room_deleted() -> Self {
+        CloseReason::new(close::ROOM_DELETED, "room deleted")
     }
 }
 

@@ -315,18 +315,16 @@ impl Rooms {
         if let Some(relay) = &self.shared.relay {
             relay.send(id, &Relayed::Deleted);
         }
-        self.forget(id, "room deleted").await;
+        self.forget(id, CloseReason::room_deleted()).await;
         tracing::info!(room = %id, "room deleted");
         Ok(())
     }
 
-    /// Drops a room from memory and closes its peers with `reason` (going away).
-    async fn forget(&self, id: Uuid, reason: &str) {
+    /// Drops a room from memory and closes its peers with `reason`.
+    async fn forget(&self, id: Uuid, reason: CloseReason) {
         let entry = self.entries().remove(&id);
         if let Some(entry) = entry {
-            entry
-                .room
-                .close(CloseReason::new(close::GOING_AWAY, reason));
+            entry.room.close(reason);
             if let Some(relay) = &self.shared.relay {
                 relay.unsubscribe(id).await;
             }
@@ -620,7 +618,7 @@ impl Rooms {
         }
         for id in gone {
             tracing::info!(room = %id, "room no longer in the store (deleted on another node)");
-            self.forget(id, "room deleted").await;
+            self.forget(id, CloseReason::room_deleted()).await;
         }
         // Every written room is marked as such before any compaction: a compaction that fails
         // leaves only that room's log long (it is tried again after its next flush).
@@ -704,7 +702,8 @@ impl Rooms {
         for id in ids {
             Metrics::inc(&self.shared.metrics.rooms_unloaded);
             tracing::info!(room = %id, "idle room unloaded");
-            self.forget(id, "room unloaded").await;
+            self.forget(id, CloseReason::new(close::GOING_AWAY, "room unloaded"))
+                .await;
         }
     }
 
@@ -776,7 +775,7 @@ impl Rooms {
             for (id, _) in rooms {
                 if let Ok(None) = this.shared.store.room_meta(id).await {
                     tracing::info!(room = %id, "room deleted while this node was cut off");
-                    this.forget(id, "room deleted").await;
+                    this.forget(id, CloseReason::room_deleted()).await;
                 }
             }
         });
@@ -785,7 +784,7 @@ impl Rooms {
     fn deliver(&self, id: Uuid, origin: NodeId, message: Relayed) {
         if message == Relayed::Deleted {
             let this = self.clone();
-            tokio::spawn(async move { this.forget(id, "room deleted").await });
+            tokio::spawn(async move { this.forget(id, CloseReason::room_deleted()).await });
             return;
         }
         if let Some(room) = self.loaded(id) {

@@ -113,9 +113,8 @@ pub async fn serve(
                             close::INVALID_DATA,
                             "text frames are not part of the y-websocket protocol; send binary frames",
                         )),
-                        // tungstenite calls a frame over the size limit "Space limit
-                        // exceeded"; any other error is a connection that is gone.
-                        Some(Err(e)) if e.to_string().contains("Space limit exceeded") => {
+                        // Any other error is a connection that is gone.
+                        Some(Err(e)) if is_too_long(&e) => {
                             unread = true;
                             return Err(CloseReason::new(
                                 close::TOO_BIG,
@@ -155,7 +154,7 @@ pub async fn serve(
         rooms.give_place(room_id);
     }
     if let Err(reason) = outcome {
-        if reason.code != close::GOING_AWAY {
+        if !matches!(reason.code, close::GOING_AWAY | close::ROOM_DELETED) {
             Metrics::inc(&metrics.peers_kicked);
             tracing::info!(room = %room_id, peer, code = reason.code, reason = %reason.reason, "connection closed");
         }
@@ -262,6 +261,21 @@ impl RateLimit {
             false
         }
     }
+}
+
+/// Whether a read failed on a message over the size limit: tungstenite's capacity error, the
+/// error axum's WebSocket wraps.
+fn is_too_long(error: &axum::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                tungstenite::Error::Capacity(
+                    tungstenite::error::CapacityError::MessageTooLong { .. }
+                )
+            )
+        })
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use duet_server::protocol::{Cursor, Presence, User};
+use serde_json::json;
 use tower_lsp::lsp_types::*;
 
 use super::{tick_at, Session, ToEditor};
@@ -15,6 +16,7 @@ use crate::encoding;
 /// traffic for nothing anyone can see.
 const PRESENCE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// `duet/cursor`: where the user's cursor is, sent by our editor plugins.
 #[derive(Debug, serde::Deserialize)]
 pub struct CursorParams {
     pub uri: Url,
@@ -44,11 +46,15 @@ impl Session {
             return;
         };
         let text = doc.shadow.text();
-        let to_utf16 = |c: usize| encoding::char_to_utf16(text, c).0;
-        self.presence = Some(json!({
-            "user": self.user(),
-            "cursor": {"file": path, "anchor": to_utf16(anchor), "head": to_utf16(head)},
-        }));
+        let to_utf16 = |c: usize| encoding::char_to_utf16(text, c).0 as u32;
+        self.presence = Some(Presence {
+            user: self.user(),
+            cursor: Some(Cursor {
+                file: path,
+                anchor: Some(to_utf16(anchor)),
+                head: to_utf16(head),
+            }),
+        });
         self.send_presence();
     }
 
@@ -80,14 +86,14 @@ impl Session {
         }
     }
 
-    pub(super) fn user(&self) -> Value {
+    pub(super) fn user(&self) -> User {
         let name = self.settings.name.clone().unwrap_or_else(default_name);
         let color = self
             .settings
             .color
             .clone()
             .unwrap_or_else(|| default_color(&name).into());
-        json!({"name": name, "color": color})
+        User { name, color }
     }
 
     /// Tells the editor where everyone else is: `duet/peers` for our plugins, and hint
@@ -103,7 +109,8 @@ impl Session {
         for peer in &peers {
             let mut entry =
                 json!({"clientId": peer.client_id, "name": peer.name, "color": peer.color});
-            if let Some((file, anchor, head)) = &peer.cursor {
+            if let Some(cursor) = &peer.cursor {
+                let (file, anchor, head) = (&cursor.file, cursor.anchor(), cursor.head);
                 entry["path"] = json!(file);
                 let open = self
                     .docs
@@ -114,7 +121,7 @@ impl Session {
                         let text = doc.shadow.crdt_text();
                         let position =
                             |cu: u32| encoding::utf16_to_position(text, cu as usize, self.encoding);
-                        let (anchor, head) = (position(*anchor), position(*head));
+                        let (anchor, head) = (position(anchor), position(head));
                         entry["uri"] = json!(uri);
                         entry["anchor"] = json!(anchor);
                         entry["head"] = json!(head);

@@ -13,6 +13,8 @@ use tokio::sync::oneshot;
 use tower_lsp::lsp_types::*;
 
 use super::{CommandResult, Event, Session, ToEditor};
+use duet_server::protocol::Presence;
+
 use crate::config::Invite;
 use crate::connection::{Connection, NetEvent};
 use crate::replica::{RemoteChange, Replica};
@@ -95,7 +97,10 @@ impl Session {
             let _ = events.send(Event::Net(generation, event));
         });
         let mut replica = Replica::new();
-        replica.set_presence(&json!({"user": self.user()}));
+        replica.set_presence(&Presence {
+            user: self.user(),
+            cursor: None,
+        });
         tracing::info!(room = %invite.room, server = %invite.server, "joining");
         self.tell(ToEditor::ProgressBegin {
             generation,

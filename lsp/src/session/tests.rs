@@ -6,6 +6,7 @@
 //! pass it on. (The session's own connection points at a closed port; its events are not
 //! handed to the session, so it stays as the test puts it.)
 
+use duet_server::protocol::{Cursor, Presence, User};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tower_lsp::lsp_types::*;
@@ -433,10 +434,17 @@ async fn peers_are_shown_where_they_are_in_the_editors_encoding() {
     let (mut editor, mut peer, uri) = joined_with_file(PositionEncodingKind::UTF8, "héllo\n");
     // bob's cursor after "hé": two UTF-16 units, three bytes.
     let frame = peer
-        .set_presence(&json!({
-            "user": {"name": "bob", "color": "#ff0000"},
-            "cursor": {"file": "a.txt", "anchor": 0, "head": 2},
-        }))
+        .set_presence(&Presence {
+            user: User {
+                name: "bob".into(),
+                color: "#ff0000".into(),
+            },
+            cursor: Some(Cursor {
+                file: "a.txt".into(),
+                anchor: Some(0),
+                head: 2,
+            }),
+        })
         .unwrap();
     editor.receive(frame);
     let peers: Vec<Value> = editor
@@ -462,7 +470,15 @@ async fn our_cursor_after_typing_non_ascii_is_counted_in_the_editors_encoding() 
     editor.send_to(&mut peer);
     let ann = &peer.peers()[0];
     assert_eq!(ann.name, "ann");
-    assert_eq!(ann.cursor, Some(("a.txt".into(), 6, 6)));
+    assert_eq!(
+        ann.cursor,
+        Some(Cursor {
+            file: "a.txt".into(),
+            anchor: Some(6),
+            head: 6
+        })
+    );
+    assert_eq!(ann.color, "#123456");
 }
 
 #[tokio::test]
