@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -32,6 +33,7 @@ use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 
+use duet_server::bucket::TokenBucket;
 use duet_server::protocol::close;
 
 use crate::config::Invite;
@@ -110,17 +112,19 @@ struct Target {
 impl Target {
     /// The handshake request, with the token in its header; and the TLS set-up for `wss://`
     /// (loaded once: it reads the system's certificates).
-    fn prepare(&self) -> Result<(Request, Option<Connector>), String> {
+    fn prepare(&self) -> Result<(Request, Option<Connector>), Unusable> {
         let mut request = self
             .url
             .as_str()
             .into_client_request()
-            .map_err(|e| format!("the invite's address {:?} is not usable: {e}", self.url))?;
+            .map_err(|e| Unusable::Address(self.url.clone(), Box::new(e)))?;
         let bearer = HeaderValue::from_str(&format!("Bearer {}", self.token))
-            .map_err(|_| "the invite's token holds characters a token cannot have".to_string())?;
+            .map_err(|_| Unusable::Token)?;
         request.headers_mut().insert(AUTHORIZATION, bearer);
         let connector = match request.uri().scheme_str() {
-            Some("wss") => Some(Connector::Rustls(tls::client_config(self.ca.as_deref())?)),
+            Some("wss") => Some(Connector::Rustls(
+                tls::client_config(self.ca.as_deref()).map_err(Unusable::Tls)?,
+            )),
             _ => None,
         };
         Ok((request, connector))
@@ -134,7 +138,7 @@ async fn run(
 ) {
     let (request, connector) = match target.prepare() {
         Ok(prepared) => prepared,
-        Err(e) => return emit(NetEvent::Refused(e)),
+        Err(e) => return emit(NetEvent::Refused(e.to_string())),
     };
     let mut backoff = FIRST_RETRY;
     let mut ever_connected = false;
@@ -153,7 +157,8 @@ async fn run(
                 ever_connected = true;
                 emit(NetEvent::Connected);
                 let (mut sink, mut stream) = socket.split();
-                let mut pace = Pace::new();
+                let rate = f64::from(SEND_RATE);
+                let mut pace = TokenBucket::new(rate, rate);
                 let mut heard = Instant::now();
                 let mut pings = tokio::time::interval(PING_EVERY);
                 let ended = loop {
@@ -161,21 +166,24 @@ async fn run(
                         frame = frames.recv() => {
                             let Some(frame) = frame else { return };
                             // Wait for the pace, then take everything that queued meanwhile.
-                            pace.ready().await;
+                            paced(&mut pace).await;
                             let mut batch = vec![frame];
                             while let Ok(more) = frames.try_recv() {
                                 batch.push(more);
                             }
                             let mut failed = None;
-                            for frame in coalesce(batch) {
-                                pace.spend();
+                            for (i, frame) in coalesce(batch).into_iter().enumerate() {
+                                // The first one's token is taken.
+                                if i > 0 {
+                                    paced(&mut pace).await;
+                                }
                                 if let Err(e) = send(&mut sink, Message::Binary(frame.into())).await {
                                     failed = Some(e);
                                     break;
                                 }
                             }
                             if let Some(e) = failed {
-                                break Ended::Lost(e);
+                                break Ended::Lost(e.to_string());
                             }
                         }
                         _ = pings.tick() => {
@@ -186,7 +194,7 @@ async fn run(
                                 ));
                             }
                             if let Err(e) = send(&mut sink, Message::Ping(Vec::new().into())).await {
-                                break Ended::Lost(e);
+                                break Ended::Lost(e.to_string());
                             }
                         }
                         incoming = stream.next() => {
@@ -246,18 +254,35 @@ async fn run(
 }
 
 /// Sends one frame, within [`SILENCE_LIMIT`].
-async fn send<S>(sink: &mut S, message: Message) -> Result<(), String>
+async fn send<S>(sink: &mut S, message: Message) -> Result<(), SendError>
 where
     S: SinkExt<Message, Error = WsError> + Unpin,
 {
     match tokio::time::timeout(SILENCE_LIMIT, sink.send(message)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "the server took no data for {} s",
-            SILENCE_LIMIT.as_secs()
-        )),
+        Ok(Err(e)) => Err(SendError::Socket(e)),
+        Err(_) => Err(SendError::Stalled),
     }
+}
+
+/// Why an invite cannot be connected to at all.
+#[derive(Debug, Error)]
+enum Unusable {
+    #[error("the invite's address {0:?} is not usable: {1}")]
+    Address(String, #[source] Box<WsError>),
+    #[error("the invite's token holds characters a token cannot have")]
+    Token,
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// Why a frame did not go out: the connection is lost.
+#[derive(Debug, Error)]
+enum SendError {
+    #[error(transparent)]
+    Socket(WsError),
+    #[error("the server took no data for {} s", SILENCE_LIMIT.as_secs())]
+    Stalled,
 }
 
 enum Ended {
@@ -275,39 +300,10 @@ fn is_final(code: u16) -> bool {
     )
 }
 
-/// A token bucket of [`SEND_RATE`] messages a second.
-struct Pace {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Pace {
-    fn new() -> Pace {
-        Pace {
-            tokens: f64::from(SEND_RATE),
-            last: Instant::now(),
-        }
-    }
-
-    fn refill(&mut self) {
-        let now = Instant::now();
-        let rate = f64::from(SEND_RATE);
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
-        self.last = now;
-    }
-
-    /// Waits until a message may go.
-    async fn ready(&mut self) {
-        self.refill();
-        if self.tokens < 1.0 {
-            let wait = (1.0 - self.tokens) / f64::from(SEND_RATE);
-            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-            self.refill();
-        }
-    }
-
-    fn spend(&mut self) {
-        self.tokens -= 1.0;
+/// Waits for a token of `pace` and takes it.
+async fn paced(pace: &mut TokenBucket) {
+    while let Err(wait) = pace.take() {
+        tokio::time::sleep(wait).await;
     }
 }
 

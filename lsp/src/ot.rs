@@ -785,8 +785,6 @@ fn line_edits(base: &Rope, e: Edit) -> Vec<Edit> {
     edits
 }
 
-/// Trims from an edit on `base` the chars its replacement keeps unchanged at either end;
-/// `None` if nothing is left.
 /// A whole-line insertion or deletion in the form a line diff may report it: shifted right by
 /// what the line has in common with the next one (`:move` of `«a»` above `«b»` reported as
 /// inserting `a»\n«` after the first `«`). The text is the same either way, but in the CRDT
@@ -843,6 +841,8 @@ fn trim_start(base: &Rope, e: Edit) -> Option<Edit> {
     (start != e.end || !text.is_empty()).then(|| Edit::new(start, e.end, text))
 }
 
+/// Trims from an edit on `base` the chars its replacement keeps unchanged at either end;
+/// `None` if nothing is left.
 fn trim_edit(base: &Rope, e: Edit) -> Option<Edit> {
     let old = base.slice(e.start..e.end);
     let new: Vec<char> = e.text.chars().collect();

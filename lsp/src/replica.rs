@@ -20,6 +20,7 @@ use yrs::{
 };
 
 use duet_server::protocol::{Cursor, Presence};
+use thiserror::Error;
 
 use crate::ot::Component;
 
@@ -39,6 +40,20 @@ const UNDO_CAPTURE_MS: u64 = 500;
 
 /// Peers' changes to one linked file, in order, as UTF-16 components on its previous text.
 pub type RemoteChange = (String, Vec<Component>);
+
+/// A frame from the server that this replica cannot take (it is ignored; the next sync
+/// brings what it should have carried).
+#[derive(Debug, Error)]
+pub enum FrameError {
+    #[error("malformed frame from the server: {0}")]
+    Frame(#[source] yrs::encoding::read::Error),
+    #[error("malformed update: {0}")]
+    Update(#[source] yrs::encoding::read::Error),
+    #[error("invalid update: {0}")]
+    Apply(#[source] yrs::error::UpdateError),
+    #[error("invalid presence update: {0}")]
+    Presence(#[source] yrs::sync::awareness::Error),
+}
 
 /// What a frame from the server meant.
 #[derive(Debug, Default)]
@@ -136,9 +151,8 @@ impl Replica {
     }
 
     /// Handles one frame from the server.
-    pub fn receive(&mut self, data: &[u8]) -> Result<Received, String> {
-        let message = Message::decode_v1(data)
-            .map_err(|e| format!("malformed frame from the server: {e}"))?;
+    pub fn receive(&mut self, data: &[u8]) -> Result<Received, FrameError> {
+        let message = Message::decode_v1(data).map_err(FrameError::Frame)?;
         let mut out = Received::default();
         match message {
             Message::Sync(SyncMessage::SyncStep1(sv)) => {
@@ -155,7 +169,7 @@ impl Replica {
             Message::Awareness(update) => {
                 self.awareness
                     .apply_update(update)
-                    .map_err(|e| format!("invalid presence update: {e}"))?;
+                    .map_err(FrameError::Presence)?;
                 out.presence_changed = true;
             }
             Message::AwarenessQuery | Message::Auth(_) | Message::Custom(..) => {}
@@ -165,11 +179,10 @@ impl Replica {
 
     /// Applies a peer's update: whether the document changed, and whether part of it (or of
     /// an earlier one) still waits for something it builds on.
-    fn apply_remote(&mut self, update: &[u8]) -> Result<(bool, bool), String> {
-        let update = Update::decode_v1(update).map_err(|e| format!("malformed update: {e}"))?;
+    fn apply_remote(&mut self, update: &[u8]) -> Result<(bool, bool), FrameError> {
+        let update = Update::decode_v1(update).map_err(FrameError::Update)?;
         let mut txn = self.doc().transact_mut();
-        txn.apply_update(update)
-            .map_err(|e| format!("invalid update: {e}"))?;
+        txn.apply_update(update).map_err(FrameError::Apply)?;
         let (changed, waiting) = (txn.has_changes(), txn.store().pending_update().is_some());
         tracing::debug!(changed, waiting, "remote update applied");
         Ok((changed, waiting))

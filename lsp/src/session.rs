@@ -65,7 +65,10 @@ pub enum Event {
         id: u64,
         applied: bool,
     },
-    RoomCreated(Result<Invite, String>, oneshot::Sender<CommandResult>),
+    RoomCreated(
+        Result<Invite, commands::CreateRoomError>,
+        oneshot::Sender<CommandResult>,
+    ),
     /// Time to look at held edits again.
     Tick,
     /// The editor sent a message that is not valid UTF-8 (see [`crate::transport`]); it follows

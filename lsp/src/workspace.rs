@@ -3,7 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
+use duet_server::paths::PathError;
+use thiserror::Error;
 use tower_lsp::lsp_types::{InitializeParams, Url};
+
+/// Why a document is not shared with the room.
+#[derive(Debug, Error)]
+pub enum NotShared {
+    #[error("{0} is not a file on disk")]
+    NotAFile(Url),
+    #[error("it is outside the workspace {}", .0.display())]
+    Outside(PathBuf),
+    #[error(transparent)]
+    Path(#[from] PathError),
+}
 
 pub struct Workspace {
     root: PathBuf,
@@ -39,19 +52,19 @@ impl Workspace {
 
     /// The room path of a document: its path relative to the root, `/`-separated. Files
     /// outside the root, and documents that are not files, are not shared.
-    pub fn relative_path(&self, uri: &Url) -> Result<String, String> {
+    pub fn relative_path(&self, uri: &Url) -> Result<String, NotShared> {
         let path = uri
             .to_file_path()
-            .map_err(|_| format!("{uri} is not a file on disk"))?;
+            .map_err(|_| NotShared::NotAFile(uri.clone()))?;
         let relative = path
             .strip_prefix(&self.root)
-            .map_err(|_| format!("it is outside the workspace {}", self.root.display()))?;
+            .map_err(|_| NotShared::Outside(self.root.clone()))?;
         let joined = relative
             .components()
             .map(|c| c.as_os_str().to_string_lossy())
             .collect::<Vec<_>>()
             .join("/");
-        duet_server::paths::normalize(&joined).map_err(|e| e.to_string())
+        Ok(duet_server::paths::normalize(&joined)?)
     }
 
     /// Saves text the room's version replaced, under the user's state directory, and returns
@@ -102,13 +115,14 @@ mod tests {
                 .unwrap(),
             "日本 🎉.txt"
         );
-        assert!(workspace
-            .relative_path(&uri("/etc/passwd"))
-            .unwrap_err()
-            .contains("outside the workspace"));
-        assert!(workspace
-            .relative_path(&Url::parse("untitled:Untitled-1").unwrap())
-            .is_err());
+        assert!(matches!(
+            workspace.relative_path(&uri("/etc/passwd")),
+            Err(NotShared::Outside(_))
+        ));
+        assert!(matches!(
+            workspace.relative_path(&Url::parse("untitled:Untitled-1").unwrap()),
+            Err(NotShared::NotAFile(_))
+        ));
     }
 
     #[test]

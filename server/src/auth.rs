@@ -4,7 +4,7 @@
 //! a slow password hash would protect. Comparison is on digests, so timing reveals nothing
 //! about the token itself.
 
-use sha2::{Digest, Sha256};
+use crate::digest::sha256_hex;
 
 /// A fresh token: 32 random bytes from the operating system, hex-encoded.
 pub fn new_token() -> String {
@@ -14,7 +14,7 @@ pub fn new_token() -> String {
 }
 
 pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    sha256_hex(token)
 }
 
 pub fn token_matches(token: &str, stored_hash: &str) -> bool {

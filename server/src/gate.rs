@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::auth;
+use crate::bucket::TokenBucket;
 
 /// Clients remembered at most; past it, the ones whose buckets are full again are forgotten.
 const MAX_CLIENTS: usize = 10_000;
@@ -32,12 +33,7 @@ pub struct Gate {
     secret_hash: Option<String>,
     per_minute: f64,
     // A std mutex: held for a lookup, never across an await.
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
-}
-
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
 
 impl Gate {
@@ -60,29 +56,16 @@ impl Gate {
                 Some(_) => {}
             }
         }
-        let now = Instant::now();
-        let rate = self.per_minute / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_CLIENTS {
-            let full = self.per_minute;
-            buckets
-                .retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < full);
+            buckets.retain(|_, b| !b.is_full());
         }
-        let bucket = buckets.entry(key(client)).or_insert(Bucket {
-            tokens: self.per_minute,
-            last: now,
-        });
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate)
-            .min(self.per_minute);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Refused::TooMany(Duration::from_secs_f64(
-                (1.0 - bucket.tokens) / rate,
-            )))
-        }
+        let per_minute = self.per_minute;
+        buckets
+            .entry(key(client))
+            .or_insert_with(|| TokenBucket::new(per_minute / 60.0, per_minute))
+            .take()
+            .map_err(Refused::TooMany)
     }
 }
 

@@ -11,6 +11,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::bucket::TokenBucket;
 use crate::metrics::Metrics;
 use crate::room::{close, CloseReason, PeerLink, Room};
 use crate::rooms::Rooms;
@@ -72,7 +73,7 @@ pub async fn serve(
         }
     };
     tracing::debug!(room = %room_id, peer, "peer joined");
-    let mut rate = RateLimit::new(limits.max_messages_per_second);
+    let mut rate = message_rate(limits.max_messages_per_second);
     let max_bytes = limits.max_message_bytes;
     let mut heard = Instant::now();
     // The peer's last frame was cut off unread (it was over the size limit).
@@ -134,7 +135,7 @@ pub async fn serve(
                             format!("message too large: {} bytes, limit is {max_bytes}", data.len()),
                         ));
                     }
-                    if !rate.allow() {
+                    if rate.take().is_err() {
                         return Err(CloseReason::new(
                             close::POLICY,
                             format!("rate limit: more than {} messages per second", limits.max_messages_per_second),
@@ -232,35 +233,10 @@ pub fn close_message(reason: CloseReason) -> Message {
     }))
 }
 
-/// A token bucket: `per_second` sustained, bursts of twice that.
-struct RateLimit {
-    per_second: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn new(per_second: u32) -> Self {
-        let per_second = f64::from(per_second.max(1));
-        RateLimit {
-            per_second,
-            tokens: per_second * 2.0,
-            last: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
-        self.tokens = (self.tokens + refill).min(self.per_second * 2.0);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+/// A connection's message rate: `per_second` sustained, bursts of twice that.
+fn message_rate(per_second: u32) -> TokenBucket {
+    let per_second = f64::from(per_second.max(1));
+    TokenBucket::new(per_second, 2.0 * per_second)
 }
 
 /// Whether a read failed on a message over the size limit: tungstenite's capacity error, the
@@ -284,9 +260,9 @@ mod tests {
 
     #[test]
     fn rate_limit_allows_bursts_of_twice_the_rate_then_refuses() {
-        let mut rate = RateLimit::new(10);
-        assert!((0..20).all(|_| rate.allow()));
-        assert!(!rate.allow());
+        let mut rate = message_rate(10);
+        assert!((0..20).all(|_| rate.take().is_ok()));
+        assert!(rate.take().is_err());
     }
 
     #[test]

@@ -38,9 +38,9 @@ use duet_e2e::nvim::Nvims;
 use duet_e2e::pg::Cluster;
 use duet_e2e::proxy::Proxy;
 use duet_e2e::server::{Backend, Database, RoomRef, Server, TempDir};
+use duet_server::digest::sha256_hex;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::encoder::Encode;
@@ -380,7 +380,7 @@ async fn run(seed: u64, edits: usize) -> Summary {
         }
         if Instant::now() > deadline {
             // Whose replica is behind, and whose editor is behind its replica?
-            let digests: Vec<String> = texts.iter().map(|t| sha256(t)).collect();
+            let digests: Vec<String> = texts.iter().map(|t| sha256_hex(t)).collect();
             for e in fakes {
                 let status = e.execute_command("duet.status", json!([])).await;
                 report.push_str(&format!(
@@ -428,7 +428,7 @@ async fn run(seed: u64, edits: usize) -> Summary {
     }
 
     // Every bridge's replica.
-    let digests: Vec<String> = texts.iter().map(|t| sha256(t)).collect();
+    let digests: Vec<String> = texts.iter().map(|t| sha256_hex(t)).collect();
     for e in fakes {
         let status = e
             .execute_command("duet.status", json!([]))
@@ -561,13 +561,6 @@ fn write(path: &std::path::Path, text: &str) {
         std::fs::create_dir_all(dir).expect("mkdir");
     }
     std::fs::write(path, text).expect("write");
-}
-
-fn sha256(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn unhex(hex: &str) -> String {

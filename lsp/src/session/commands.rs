@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
+use duet_server::digest::sha256_hex;
 use serde_json::{json, Value};
+use thiserror::Error;
 use tokio::sync::oneshot;
 use tower_lsp::lsp_types::*;
 
 use super::room::Connectivity;
 use super::{CommandResult, Event, Session, ToEditor};
-use crate::config::{host_of, Invite};
+use crate::config::{host_of, Invite, InviteError};
 use crate::encoding;
 use crate::ot::Component;
 use crate::replica::History;
@@ -34,6 +36,24 @@ pub const COMMANDS: [&str; 12] = [
 
 /// At most this many undo or redo steps at once (`1000u` in Neovim).
 const MAX_UNDO_STEPS: u64 = 1000;
+
+/// Why `duet.createRoom` created no room.
+#[derive(Debug, Error)]
+pub enum CreateRoomError {
+    /// The TLS set-up, or the server's certificate, explained.
+    #[error("{0}")]
+    Tls(String),
+    #[error("{0} is not reachable: {1}")]
+    Unreachable(String, #[source] reqwest::Error),
+    #[error("unexpected answer from {0}: {1}")]
+    Answer(String, #[source] reqwest::Error),
+    #[error("{0} answered {1}: {2}")]
+    Refused(String, reqwest::StatusCode, String),
+    #[error("the server's answer has no invite")]
+    NoInvite,
+    #[error(transparent)]
+    Invite(#[from] InviteError),
+}
 
 impl Session {
     pub(super) fn command(
@@ -205,7 +225,7 @@ impl Session {
                     .trim_end_matches('/')
                     .replacen("ws://", "http://", 1)
                     .replacen("wss://", "https://", 1);
-                let http = http_client(&base, ca.as_deref())?;
+                let http = http_client(&base, ca.as_deref()).map_err(CreateRoomError::Tls)?;
                 let mut request = http.post(format!("{base}/rooms"));
                 if let Some(secret) = &create_token {
                     request = request.bearer_auth(secret);
@@ -216,25 +236,21 @@ impl Session {
                     .send()
                     .await
                     .map_err(|e| match tls::explain(&e, host_of(&base)) {
-                        Some(why) => why,
-                        None => format!("{base} is not reachable: {e}"),
+                        Some(why) => CreateRoomError::Tls(why),
+                        None => CreateRoomError::Unreachable(base.clone(), e),
                     })?;
                 let status = response.status();
                 let body: Value = response
                     .json()
                     .await
-                    .map_err(|e| format!("unexpected answer from {base}: {e}"))?;
+                    .map_err(|e| CreateRoomError::Answer(base.clone(), e))?;
                 if !status.is_success() {
-                    return Err(format!(
-                        "{base} answered {status}: {}",
-                        body["error"].as_str().unwrap_or("")
-                    ));
+                    let why = body["error"].as_str().unwrap_or("").to_string();
+                    return Err(CreateRoomError::Refused(base, status, why));
                 }
-                let invite = body["invite"]
-                    .as_str()
-                    .ok_or("the server's answer has no invite")?;
+                let invite = body["invite"].as_str().ok_or(CreateRoomError::NoInvite)?;
                 // The server builds the invite from the address we used; keep ours.
-                let mut invite = Invite::parse(invite).map_err(|e| e.to_string())?;
+                let mut invite = Invite::parse(invite)?;
                 invite.server = base;
                 Ok(invite)
             }
@@ -271,13 +287,4 @@ impl Session {
             self.tell(ToEditor::Status(status));
         }
     }
-}
-
-/// The SHA-256 of a text's UTF-8 bytes, in lowercase hex (as `sha256sum` prints it).
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use duet_server::digest::sha256_hex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -145,7 +146,7 @@ impl Session {
         reply: oneshot::Sender<CommandResult>,
     ) {
         let prepared = self.rest().and_then(|rest| {
-            let call = Call::parse(command, arguments, self.user()["name"].as_str())?;
+            let call = Call::parse(command, arguments, Some(&self.user().name))?;
             Ok((rest, call))
         });
         let (rest, call) = match prepared {
@@ -246,7 +247,7 @@ impl Session {
             return;
         }
         let Ok(rest) = self.rest() else { return };
-        let me = self.user()["name"].as_str().unwrap_or_default().to_string();
+        let me = self.user().name;
         let editor = self.editor.clone();
         let helix = self.helix;
         tokio::spawn(async move {
@@ -341,13 +342,8 @@ impl Session {
 
     /// Where the texts of a room we left are kept: per workspace and room.
     fn left_room_file(&self, invite: &Invite) -> PathBuf {
-        use sha2::Digest;
         let key = format!("{}\n{}", self.workspace.root().display(), invite.room);
-        let digest: String = sha2::Sha256::digest(key.as_bytes())
-            .iter()
-            .take(16)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = &sha256_hex(&key)[..32];
         crate::workspace::state_dir()
             .join("duet/left")
             .join(format!("{digest}.json"))

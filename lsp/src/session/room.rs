@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tower_lsp::lsp_types::*;
 
+use super::commands::CreateRoomError;
 use super::{CommandResult, Event, Session, ToEditor};
 use duet_server::protocol::Presence;
 
@@ -64,7 +65,7 @@ impl Session {
     /// `duet.createRoom`'s REST request was answered: join the new room.
     pub(super) fn room_created(
         &mut self,
-        result: Result<Invite, String>,
+        result: Result<Invite, CreateRoomError>,
         reply: oneshot::Sender<CommandResult>,
     ) {
         match result {
@@ -82,7 +83,7 @@ impl Session {
                     MessageType::ERROR,
                     format!("duet: could not create a room: {e}"),
                 );
-                let _ = reply.send(Err(e));
+                let _ = reply.send(Err(e.to_string()));
             }
         }
     }
