@@ -443,8 +443,14 @@ impl Rng {
         self.below(100) < percent
     }
 
+    /// One of `items`, which must not be empty (a fixed list); see [`Rng::choose`].
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
+        self.choose(items).expect("pick from a fixed, non-empty list")
+    }
+
+    /// One of `items`, or `None` if there are none (a list computed from a text).
+    pub fn choose<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        (!items.is_empty()).then(|| &items[self.below(items.len())])
     }
 }
 

@@ -299,11 +299,16 @@ impl VsCode {
 impl Drop for VsCode {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // Keep the whole logs (the scratch folder goes away) for whoever reads the failure.
+            // Keep the whole logs (the scratch folder goes away) for whoever reads the failure,
+            // in a folder of the test's own (two failing tests must not mix their logs).
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("unnamed")
+                .replace("::", "-");
             let keep = binary("duet-lsp")
                 .parent()
                 .expect("target dir")
-                .join("vscode-e2e-failure");
+                .join(format!("vscode-e2e-failure-{test}"));
             let _ = std::fs::remove_dir_all(&keep);
             let _ = std::fs::create_dir_all(&keep);
             for name in [

@@ -748,7 +748,7 @@ fn markers_in(text: &str) -> Vec<String> {
 /// where people type too, except in Neovim, whose text as read here ends with the line break
 /// it keeps outside its lines (its end of the last line is one character before).
 fn allowed(text: &[char], mask: &[bool], at: usize, kind: Kind) -> bool {
-    let end = text.len() - usize::from(kind == Kind::Neovim);
+    let end = text.len().saturating_sub(usize::from(kind == Kind::Neovim));
     at <= end
         && (at == 0 || !mask[at - 1] || text[at - 1] == '»')
         && !(at > 0 && text[at - 1] == '\r' && text.get(at) == Some(&'\n'))
@@ -764,10 +764,11 @@ fn next_op(text: &str, rng: &mut Rng, marker: &str, kind: Kind) -> Option<Op> {
     let points: Vec<usize> = (0..=chars.len())
         .filter(|&i| allowed(&chars, &mask, i, kind))
         .collect();
-    let at = *rng.pick(&points);
+    // No allowed point (a text of markers only): nothing to do this time.
+    let at = *rng.choose(&points)?;
     // A range of 1–8 characters of filler starting at an allowed point.
     let range = |rng: &mut Rng| {
-        let start = *rng.pick(&points);
+        let start = *rng.choose(&points)?;
         let want = 1 + rng.below(8);
         let mut end = start;
         while end < chars.len() && end - start < want && !mask[end] {
