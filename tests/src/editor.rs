@@ -445,7 +445,8 @@ impl Rng {
 
     /// One of `items`, which must not be empty (a fixed list); see [`Rng::choose`].
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        self.choose(items).expect("pick from a fixed, non-empty list")
+        self.choose(items)
+            .expect("pick from a fixed, non-empty list")
     }
 
     /// One of `items`, or `None` if there are none (a list computed from a text).
