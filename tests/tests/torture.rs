@@ -24,6 +24,14 @@
 //! file; every marker typed is there (exactly once unless its line was moved); the stale
 //! joiner's own text was kept in a recovery file; the slow peer was let go.
 //!
+//! With several nodes (`torture_on_three_nodes`, or `DUET_TORTURE_NODES=3` for the seeds of
+//! `torture`) the editors are spread over three `duet-server` nodes that share the PostgreSQL
+//! and relay through a real Redis (VS Code-like and one Neovim on the first, Helix-like and the
+//! stale joiner on the second, the other Neovim and the slow peer on the third). The first node
+//! is the one killed; besides, Redis is killed and started again after 3 s, and the second node
+//! is cut from Redis for 10 s (a proxy that stops carrying packets). Every node's text must
+//! then agree with every editor's.
+//!
 //! Every editor makes at least 1,000 edits and types until the last fault is over (35–52 s
 //! in). In CI: one seed (`cargo test -p duet-e2e --test torture -- --nocapture`). Many seeds: `DUET_TORTURE_SEEDS=1-20` (or `7,11,13`); also
 //! `DUET_TORTURE_EDITS` (per editor). Every run prints its seed; a failing seed replays its
@@ -37,6 +45,7 @@ use duet_e2e::editor::{marker_mask, FakeEditor, Kind, Rng, WAIT};
 use duet_e2e::nvim::Nvims;
 use duet_e2e::pg::Cluster;
 use duet_e2e::proxy::Proxy;
+use duet_e2e::redis::{Redis, Tap};
 use duet_e2e::server::{Backend, Database, RoomRef, Server, TempDir};
 use duet_server::digest::sha256_hex;
 use futures_util::SinkExt;
@@ -47,9 +56,12 @@ use yrs::updates::encoder::Encode;
 use yrs::StateVector;
 
 const FILES: [&str; 3] = ["notes.txt", "src/app.py", "docs/guide.md"];
-/// The faults every run injects: kill, cut, database outage, slow peer, stale joiner.
+/// The faults every run injects: kill, cut, database outage, slow peer, stale joiner; with
+/// several nodes also a Redis restart and a cut between one node and Redis.
 const FAULTS: usize = 5;
+const RELAY_FAULTS: usize = 2;
 const CUT: Duration = Duration::from_secs(10);
+const REDIS_DOWN: Duration = Duration::from_secs(3);
 const DB_DOWN: Duration = Duration::from_secs(30);
 const FILLER: &[&str] = &[
     "a",
@@ -69,20 +81,33 @@ const FILLER: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torture() {
-    let seeds = seeds();
+    let nodes = std::env::var("DUET_TORTURE_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    torture_on(&seeds(), nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torture_on_three_nodes() {
+    torture_on(&seeds()[..1], 3).await;
+}
+
+async fn torture_on(seeds: &[u64], nodes: usize) {
     let edits = std::env::var("DUET_TORTURE_EDITS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let mut summaries = Vec::new();
-    for &seed in &seeds {
-        summaries.push(run(seed, edits).await);
+    for &seed in seeds {
+        summaries.push(run(seed, edits, nodes).await);
     }
+    let faults = FAULTS + if nodes > 1 { RELAY_FAULTS } else { 0 };
     println!(
-        "torture: {} run(s), {} edits, {} faults; converged after the last edit / the last fault: {}",
+        "torture on {nodes} node(s): {} run(s), {} edits, {} faults; converged after the last edit / the last fault: {}",
         summaries.len(),
         summaries.iter().map(|s| s.edits).sum::<usize>(),
-        summaries.len() * FAULTS,
+        summaries.len() * faults,
         summaries
             .iter()
             .map(|s| format!(
@@ -128,10 +153,21 @@ struct Faults {
     db_at: Duration,
     slow_at: Duration,
     stale_at: Duration,
+    /// With several nodes: when Redis restarts, and when the second node is cut from it.
+    relay: Option<(Duration, Duration)>,
 }
 
 impl Faults {
-    fn draw(rng: &mut Rng) -> Faults {
+    /// The faults of a run; those of several nodes from a generator of their own, so that a
+    /// seed's other faults and edits stay what they are on one node.
+    fn draw(rng: &mut Rng, seed: u64, nodes: usize) -> Faults {
+        let relay = (nodes > 1).then(|| {
+            let mut own = Rng::new(seed ^ 0x5ca1_e000);
+            let mut at = |from: u64, to: u64| {
+                Duration::from_millis(own.below(((to - from) * 1000) as usize) as u64 + from * 1000)
+            };
+            (at(3, 40), at(3, 40))
+        });
         let mut at = |from: u64, to: u64| {
             Duration::from_millis(rng.below(((to - from) * 1000) as usize) as u64 + from * 1000)
         };
@@ -142,6 +178,7 @@ impl Faults {
             db_at: at(3, 22),
             slow_at: at(2, 30),
             stale_at: at(5, 40),
+            relay,
         }
     }
 
@@ -152,6 +189,10 @@ impl Faults {
             self.db_at + DB_DOWN,
             self.slow_at,
             self.stale_at,
+            self.relay
+                .map_or(Duration::ZERO, |(redis_at, _)| redis_at + REDIS_DOWN),
+            self.relay
+                .map_or(Duration::ZERO, |(_, cut_at)| cut_at + CUT),
         ]
         .into_iter()
         .max()
@@ -169,13 +210,35 @@ struct Typed {
     undone: u64,
 }
 
-async fn run(seed: u64, edits: usize) -> Summary {
-    println!("torture seed {seed}: DUET_TORTURE_SEEDS={seed} replays it");
+async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
+    println!("torture seed {seed} on {nodes} node(s): DUET_TORTURE_SEEDS={seed} replays it");
     let mut rng = Rng::new(seed);
-    let faults = Faults::draw(&mut rng);
+    let faults = Faults::draw(&mut rng, seed, nodes);
     let cluster = std::sync::Arc::new(Cluster::start());
     let db = Database::with_url(Backend::Postgres, cluster.url());
-    let mut server = Server::start(&db, &[]).await;
+    // With several nodes: Redis, and the second node reaching it through a tap that can cut.
+    let mut redis = match nodes {
+        1 => None,
+        _ => Some(Redis::start().await),
+    };
+    let tap = match &redis {
+        Some(redis) => Some(Tap::start(redis.port).await),
+        None => None,
+    };
+    let mut servers = Vec::new();
+    for i in 0..nodes {
+        let relay = match (&redis, &tap) {
+            (Some(_), Some(tap)) if i == 1 => tap.url(),
+            (Some(redis), _) => redis.url(),
+            _ => String::new(),
+        };
+        let args: Vec<&str> = match relay.as_str() {
+            "" => vec![],
+            url => vec!["--redis-url", url],
+        };
+        servers.push(Server::start(&db, &args).await);
+    }
+    let (server, more_nodes) = servers.split_first_mut().expect("a node");
     let initial: Vec<(&str, String)> = FILES
         .iter()
         .enumerate()
@@ -189,15 +252,26 @@ async fn run(seed: u64, edits: usize) -> Summary {
     let files: Vec<(&str, &str)> = initial.iter().map(|(f, t)| (*f, t.as_str())).collect();
     let room = server.create_room_with(&files).await;
     let url = server.ws_url(&room);
-    let proxy = Proxy::start(server.port).await;
-    let proxied = url.replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    // Each editor's node: the first, second or third (all the first on one node).
+    let url_on = |i: usize| match i % nodes {
+        0 => url.clone(),
+        n => more_nodes[n - 1].ws_url(&room),
+    };
+    let (second, third) = (url_on(1), url_on(2));
+    let second_port = if nodes > 1 {
+        more_nodes[0].port
+    } else {
+        server.port
+    };
+    let proxy = Proxy::start(second_port).await;
+    let proxied = second.replace(&format!(":{second_port}/"), &format!(":{}/", proxy.port));
 
     // The editors.
-    let vscode = fake(Kind::VsCode, "vscode", &url, &server, &room).await;
-    let helix = fake(Kind::Helix, "helix", &proxied, &server, &room).await;
+    let vscode = fake(Kind::VsCode, "vscode", &url, server, &room).await;
+    let helix = fake(Kind::Helix, "helix", &proxied, server, &room).await;
     let mut nvims = Vec::new();
     let mut dirs = Vec::new();
-    for name in ["nvim-a", "nvim-b"] {
+    for (name, invite) in [("nvim-a", &third), ("nvim-b", &url)] {
         let dir = TempDir::new(name);
         for (f, t) in &initial {
             write(&dir.0.join(f), t);
@@ -207,7 +281,7 @@ async fn run(seed: u64, edits: usize) -> Summary {
             name,
             &dir.0,
             &FILES,
-            json!({"name": name, "color": "#e06c75", "invite": url}),
+            json!({"name": name, "color": "#e06c75", "invite": invite}),
         )
         .await;
         nv.lua(name, LUA, json!([FILES])).await;
@@ -248,6 +322,15 @@ async fn run(seed: u64, edits: usize) -> Summary {
         faults.slow_at.as_secs_f64(),
         faults.stale_at.as_secs_f64()
     );
+    if let Some((redis_at, cut_at)) = faults.relay {
+        println!(
+            "  relay faults: Redis down at {:.1} s for {} s; second node cut from Redis at {:.1} s for {} s",
+            redis_at.as_secs_f64(),
+            REDIS_DOWN.as_secs(),
+            cut_at.as_secs_f64(),
+            CUT.as_secs()
+        );
+    }
 
     // Typing and faults, all at once.
     let started = Instant::now();
@@ -263,7 +346,7 @@ async fn run(seed: u64, edits: usize) -> Summary {
         unreachable!()
     };
     let slow = tokio::spawn({
-        let (url, at) = (url.clone(), faults.slow_at);
+        let (url, at) = (third.clone(), faults.slow_at);
         async move {
             tokio::time::sleep(at).await;
             slow_peer(url).await
@@ -280,7 +363,7 @@ async fn run(seed: u64, edits: usize) -> Summary {
         type_nvim(&mut nv_b.1, nv_b.0, "nb", seeds[3], pace),
         async {
             tokio::time::sleep(faults.stale_at).await;
-            let stale = stale_joiner(&url, &initial[0]).await;
+            let stale = stale_joiner(&second, &initial[0]).await;
             let typed = type_fake(
                 &stale,
                 "s",
@@ -305,6 +388,27 @@ async fn run(seed: u64, edits: usize) -> Summary {
                     proxy.cut();
                     tokio::time::sleep(CUT).await;
                     proxy.restore();
+                },
+                async {
+                    let (Some((redis_at, cut_at)), Some(redis), Some(tap)) =
+                        (faults.relay, redis.as_mut(), tap.as_ref())
+                    else {
+                        return;
+                    };
+                    tokio::join!(
+                        async {
+                            tokio::time::sleep(redis_at).await;
+                            redis.kill();
+                            tokio::time::sleep(REDIS_DOWN).await;
+                            redis.up().await;
+                        },
+                        async {
+                            tokio::time::sleep(cut_at).await;
+                            tap.cut();
+                            tokio::time::sleep(CUT).await;
+                            tap.restore();
+                        },
+                    );
                 },
                 async {
                     tokio::time::sleep(faults.db_at).await;
@@ -348,6 +452,10 @@ async fn run(seed: u64, edits: usize) -> Summary {
             let served = server.file(&room, f).await.unwrap_or_default();
             let mut others: Vec<(String, String)> =
                 fakes.iter().map(|e| (e.label.clone(), e.text(f))).collect();
+            for (i, node) in more_nodes.iter().enumerate() {
+                let text = node.file(&room, f).await.unwrap_or_default();
+                others.push((format!("node {}", i + 2), text));
+            }
             for (name, nv) in &mut nvims {
                 let got = nv.lua(name, "return torture.get(...)", json!([f])).await;
                 // Neovim's lines are the room's; the final line break it keeps outside its
@@ -466,22 +574,34 @@ async fn run(seed: u64, edits: usize) -> Summary {
     }
 
     // The database's plain-text copies, once everything is flushed, and what a restarted
-    // server loads from the state and the update log.
+    // server loads from the state and the update log. The other nodes stop first (writing
+    // what they hold); the first node's copies of what only they changed follow within
+    // seconds.
+    for node in more_nodes.iter_mut() {
+        assert!(
+            node.terminate().await,
+            "seed {seed}: a node did not stop cleanly"
+        );
+    }
     duet_e2e::eventually(Duration::from_secs(30), "every room flushed", || async {
         (server.metric("duet_rooms_unflushed").await == 0).then_some(())
     })
     .await;
-    for (f, text) in FILES.iter().zip(&texts) {
-        let stored = cluster.query(&format!(
+    let copies = |f: &str| {
+        cluster.query(&format!(
             "SELECT encode(convert_to(content, 'UTF8'), 'hex') FROM room_files WHERE room_id = '{}' AND path = '{f}'",
             room.id
-        ));
-        assert_eq!(
-            &unhex(stored.trim()),
-            text,
-            "seed {seed}: the database's copy of {f}"
-        );
-    }
+        ))
+    };
+    let copied = |f: &str, text: &str| unhex(copies(f).trim()) == text;
+    duet_e2e::eventually(Duration::from_secs(30), "the stored copies", || async {
+        FILES
+            .iter()
+            .zip(&texts)
+            .all(|(f, text)| copied(f, text))
+            .then_some(())
+    })
+    .await;
     server.kill9();
     server.restart().await;
     for (f, text) in FILES.iter().zip(&texts) {
