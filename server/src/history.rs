@@ -4,7 +4,7 @@
 //! every flush writes — so taking one never touches a room's document or its lock. Each flush
 //! also notes, in the same transaction, which files it wrote and who edited them
 //! (`room_unversioned*`); the next version stores the text of only those of them that differ
-//! from the version before, and clears the notes. A file's text at version N is its row with the
+//! from the version before (a room's first version: of every file), and clears the notes. A file's text at version N is its row with the
 //! greatest `since` at or below N. Pruning drops the oldest versions and the rows that no kept
 //! version needs. The tables are in `migrations/*/0002_versions.sql`.
 
@@ -164,12 +164,20 @@ impl Store {
     ) -> Result<Option<Version>, StoreError> {
         let key = id.to_string();
         let mut tx = self.pool.begin().await?;
-        let mut paths = noted(
-            &mut tx,
-            "SELECT path FROM room_unversioned WHERE room_id = $1",
-            &key,
-        )
-        .await?;
+        // A room's first version looks at every file it has.
+        let first = sqlx::query("SELECT 1 FROM room_versions WHERE room_id = $1 LIMIT 1")
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_none();
+        let notes = match first {
+            true => {
+                "SELECT path FROM room_files WHERE room_id = $1 \
+                     UNION SELECT path FROM room_unversioned WHERE room_id = $1"
+            }
+            false => "SELECT path FROM room_unversioned WHERE room_id = $1",
+        };
+        let mut paths = noted(&mut tx, notes, &key).await?;
         let overrides: BTreeMap<&str, Option<&str>> = take
             .overrides
             .iter()

@@ -196,6 +196,8 @@ struct State {
     changes: Arc<Mutex<Changes>>,
     updated_at: i64,
     idle_since: Option<Instant>,
+    /// Its last peer left since the room's last version.
+    everyone_left: bool,
     closed: bool,
     /// The other nodes (with `--redis-url`): where this room's updates and presence go, and
     /// what is known of each node that holds the room too.
@@ -297,6 +299,7 @@ impl Room {
                 changes,
                 updated_at,
                 idle_since: Some(Instant::now()),
+                everyone_left: false,
                 closed: false,
                 relay: None,
                 remotes: HashMap::new(),
@@ -853,6 +856,17 @@ impl Room {
         self.lock().updated_at
     }
 
+    /// Its last peer left since [`Room::versioned`] was last called, and none came back.
+    pub fn everyone_left(&self) -> bool {
+        let state = self.lock();
+        state.everyone_left && state.peers.is_empty()
+    }
+
+    /// A version of the room was taken.
+    pub fn versioned(&self) {
+        self.lock().everyone_left = false;
+    }
+
     /// How long the room has had no peers, if it has none.
     pub fn idle_for(&self) -> Option<std::time::Duration> {
         self.lock().idle_since.map(|since| since.elapsed())
@@ -862,6 +876,7 @@ impl Room {
     pub fn close(&self, reason: CloseReason) {
         let mut state = self.lock();
         state.closed = true;
+        state.everyone_left |= !state.peers.is_empty();
         for (_, mut peer) in state.peers.drain() {
             if let Some(kick) = peer.kick.take() {
                 let _ = kick.send(reason.clone());
@@ -1174,6 +1189,7 @@ fn remove_peer(state: &mut State, peer: PeerId) {
     }
     if state.peers.is_empty() {
         state.idle_since = Some(Instant::now());
+        state.everyone_left = true;
     }
     let gone: Vec<ClientID> = removed
         .clients

@@ -367,7 +367,7 @@ impl Rooms {
             .iter()
             .filter(|(_, e)| e.unversioned)
             .filter_map(|(id, e)| {
-                if e.room.peer_count() == 0 {
+                if e.room.everyone_left() {
                     Some((*id, Reason::Left))
                 } else {
                     (e.versioned_at.elapsed() >= interval).then_some((*id, Reason::Interval))
@@ -429,6 +429,7 @@ impl Rooms {
         if let Some(entry) = self.entries().get_mut(&id) {
             entry.unversioned = false;
             entry.versioned_at = Instant::now();
+            entry.room.versioned();
         }
         if let Some(version) = &version {
             Metrics::inc(&metrics.versions_taken);

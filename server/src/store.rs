@@ -130,8 +130,6 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         upsert_files(&mut tx, meta.id, files).await?;
-        // The room's first version holds every file it starts with.
-        Store::note_unversioned(&mut tx, meta.id, files.iter().map(|(path, _)| path), &[]).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -56,6 +56,20 @@ async fn ann_joins(
     (ws, nv)
 }
 
+/// Ann in Neovim, with `file` (reading "one\n") open, and bob, a named raw Yjs peer, both in
+/// `room`.
+async fn ann_and_bob(
+    label: &str,
+    server: &Server,
+    room: &RoomRef,
+    file: &str,
+) -> (TempDir, Nvims, YClient) {
+    let (ws, nv) = ann_joins(label, &[(file, "one\n")], &[file], &server.ws_url(room)).await;
+    let bob = YClient::join(&server.ws_url(room)).await;
+    bob.set_presence(json!({"user": {"name": "bob", "color": "#61afef"}}));
+    (ws, nv, bob)
+}
+
 async fn wait_lines(nv: &mut Nvims, name: &str, file: &str, lines: &[&str]) {
     let want = json!(lines);
     nv.wait_for(
@@ -572,15 +586,7 @@ async fn a_failed_join_keeps_the_room() {
     let file = "notes.txt";
     let room = server.create_room_with(&[(file, "one\n")]).await;
     let other = server.create_room_with(&[(file, "other\n")]).await;
-    let (_ws, mut nv) = ann_joins(
-        "nvim-join",
-        &[(file, "one\n")],
-        &[file],
-        &server.ws_url(&room),
-    )
-    .await;
-    let bob = YClient::join(&server.ws_url(&room)).await;
-    bob.set_presence(json!({"user": {"name": "bob", "color": "#61afef"}}));
+    let (_ws, mut nv, bob) = ann_and_bob("nvim-join", &server, &room, file).await;
     let short = &room.id[..8];
     let statusline = format!("duet: {short} · 1 peer");
     nv.wait_statusline("A", &statusline).await;
@@ -677,5 +683,112 @@ async fn invalid_utf8_drops_only_that_file() {
     wait_server(&server, &room, "b.txt", "other\nbob 1\nann\n").await;
     bob.append("b.txt", "bob 2\n");
     wait_lines(&mut nv, "A", "b.txt", &["other", "bob 1", "ann", "bob 2"]).await;
+    nv.quit().await;
+}
+
+/// Waits until Neovim A's tab has `count` windows in diff mode; returns each as
+/// `<buffer name>=<lines joined by |>`, sorted.
+async fn diff_windows(nv: &mut Nvims, what: &str, count: usize) -> Vec<String> {
+    let code = "local out = {}
+         for _, w in ipairs(vim.api.nvim_tabpage_list_wins(0)) do
+           if vim.wo[w].diff then
+             local b = vim.api.nvim_win_get_buf(w)
+             table.insert(out, vim.api.nvim_buf_get_name(b) .. '=' .. table.concat(vim.api.nvim_buf_get_lines(b, 0, -1, true), '|'))
+           end
+         end
+         table.sort(out)
+         return out";
+    let windows = nv
+        .wait_for("A", what, code, json!([]), WAIT, |v| {
+            v.as_array().is_some_and(|a| a.len() == count)
+        })
+        .await;
+    windows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect()
+}
+
+/// The room's history in Neovim: `:DuetSave`, `:DuetHistory` (the picker, then the file beside
+/// its text at the version picked, in diff mode), `:DuetRestore` (the restore reaches the
+/// buffer and the peer); and, back in the room after `:DuetLeave`, what changed meanwhile and
+/// who changed it, with `:DuetAway` showing it as a diff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_diff_restore_and_what_changed_while_away() {
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    let file = "notes.txt";
+    let room = server.create_room_with(&[(file, "one\n")]).await;
+    let (_ws, mut nv, bob) = ann_and_bob("nvim-history", &server, &room, file).await;
+    nv.wait_statusline("A", &format!("duet: {} · 1 peer", &room.id[..8]))
+        .await;
+    nv.input("A", "Gotwo<Esc>").await;
+    wait_server(&server, &room, file, "one\ntwo\n").await;
+    nv.cmd("A", "DuetSave good").await;
+    nv.wait_note("A", "saved version 1", None).await;
+
+    // The damage, then the history: the picker lists the version, the diff shows it.
+    nv.input("A", "ggdGibroken<Esc>").await;
+    wait_server(&server, &room, file, "broken\n").await;
+    nv.lua(
+        "A",
+        "vim.ui.select = function(items, opts, on_choice)
+           _G.duet_picked = vim.tbl_map(opts.format_item, items)
+           on_choice(items[1], 1)
+         end",
+        json!([]),
+    )
+    .await;
+    nv.cmd("A", "DuetHistory").await;
+    let picked = nv
+        .wait_for(
+            "A",
+            "the picker",
+            "return _G.duet_picked",
+            json!([]),
+            WAIT,
+            |v| v.is_array(),
+        )
+        .await;
+    let line = picked[0].as_str().unwrap_or_default();
+    assert!(
+        line.starts_with("#1  ") && line.contains("ann") && line.ends_with("\"good\""),
+        "{line}"
+    );
+    let windows = diff_windows(&mut nv, "the diff", 2).await;
+    // Sorted: the file's path (absolute) first, then the version's.
+    assert!(windows[0].ends_with("/notes.txt=broken"), "{windows:?}");
+    assert_eq!(windows[1], "duet://version/1/notes.txt=one|two");
+
+    // :DuetRestore: the buffer, the server and the peer have the version's text again.
+    nv.cmd("A", "DuetRestore").await;
+    wait_lines(&mut nv, "A", file, &["one", "two"]).await;
+    wait_server(&server, &room, file, "one\ntwo\n").await;
+    bob.wait_text(file, "one\ntwo\n", WAIT).await;
+    nv.wait_note("A", "version 2 holds what it replaced", None)
+        .await;
+    diff_windows(&mut nv, "the diff to close", 0).await;
+
+    // Away: bob edits while ann is out of the room.
+    nv.cmd("A", "DuetLeave").await;
+    nv.wait_statusline("A", "").await;
+    bob.append(file, "bob was here\n");
+    wait_server(&server, &room, file, "one\ntwo\nbob was here\n").await;
+    nv.clear_notes("A").await;
+    nv.cmd("A", &format!("DuetJoin {}", server.ws_url(&room)))
+        .await;
+    nv.wait_note("A", "while you were away, bob changed notes.txt", None)
+        .await;
+    nv.wait_note("A", ":DuetAway shows the changes", None).await;
+    nv.cmd("A", "DuetAway").await;
+    let windows = diff_windows(&mut nv, "the diff of what changed", 2).await;
+    assert!(
+        windows[0].ends_with("/notes.txt=one|two|bob was here"),
+        "{windows:?}"
+    );
+    assert_eq!(windows[1], "duet://away/notes.txt=one|two");
     nv.quit().await;
 }

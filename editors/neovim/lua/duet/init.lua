@@ -8,6 +8,7 @@
 local api = vim.api
 local uv = vim.uv or vim.loop
 local peers = require("duet.peers")
+local history = require("duet.history")
 local messages = require("duet.messages")
 
 local has011 = vim.fn.has("nvim-0.11") == 1
@@ -68,6 +69,7 @@ local function now()
 end
 
 local notify = messages.notify
+M.notify = notify
 
 -- ------------------------------------------------------------------------------------------
 -- Compatibility between Neovim 0.10 (dot methods) and 0.11 (colon methods).
@@ -290,6 +292,7 @@ local function client_config()
     handlers = {
       ["duet/status"] = on_status,
       ["duet/peers"] = on_peers,
+      ["duet/away"] = history.on_away,
       ["window/showMessage"] = on_show_message,
       ["workspace/applyEdit"] = on_apply_edit,
     },
@@ -761,6 +764,18 @@ local function create_commands()
   command("DuetRedo", function(o)
     M.redo(0, o.count)
   end, { count = 1, desc = "duet: redo [count] of your own edits in this buffer" })
+  command("DuetHistory", function(o)
+    history.history(o.args)
+  end, { nargs = "?", desc = "duet: pick a version of the room and see this file's diff against it" })
+  command("DuetRestore", function(o)
+    history.restore(o.bang, o.args)
+  end, { nargs = "?", bang = true, desc = "duet: restore this file as in the version shown (!: every file)" })
+  command("DuetSave", function(o)
+    history.save(o.args)
+  end, { nargs = "?", desc = "duet: take a version of the room now, with a label" })
+  command("DuetAway", function(o)
+    history.away(o.args)
+  end, { nargs = "?", desc = "duet: what changed while you were away, as diffs" })
   command("DuetMessages", function(o)
     show_messages(o.args)
   end, {
