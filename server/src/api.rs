@@ -26,7 +26,7 @@ use crate::gate::Refused;
 use crate::paths;
 use crate::proxy::{self, ClientAddr, Edge, WsBase};
 use crate::room::{RoomMeta, ANONYMOUS};
-use crate::rooms::{NewRoom, Rooms, RoomsError};
+use crate::rooms::{NewRoom, NewRoomError, Rooms, RoomsError};
 use crate::ws;
 
 /// Bytes read from a WebSocket at a time (per connection).
@@ -178,6 +178,10 @@ impl From<RoomsError> for ApiError {
                 format!("no file {path:?} in this version"),
             ),
             RoomsError::TooLarge(e) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e),
+            RoomsError::Invalid(e @ (NewRoomError::Path(..) | NewRoomError::SamePath)) => {
+                ApiError::bad_request(e.to_string())
+            }
+            RoomsError::Invalid(e) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
             RoomsError::Corrupt(e) => {
                 tracing::error!(error = %e, "room state is corrupt");
                 ApiError::new(
@@ -333,58 +337,16 @@ async fn create_room(
         request.language.as_deref(),
         MAX_LANGUAGE_BYTES,
     )?;
-    let limits = app.rooms.limits();
-    let mut files = Vec::new();
-    for (path, text) in request.files.unwrap_or_default() {
-        let normal = paths::normalize(&path)
-            .map_err(|e| ApiError::bad_request(format!("file {path:?}: {e}")))?;
-        files.push((normal, text));
-    }
+    let mut files: Vec<(String, String)> = request.files.unwrap_or_default().into_iter().collect();
     if let Some(code) = request.initial_code {
         files.push((main_file_for(request.language.as_deref()).to_string(), code));
     }
-    files.sort();
-    if files.windows(2).any(|w| w[0].0 == w[1].0) {
-        return Err(ApiError::bad_request(
-            "two files have the same path after normalisation",
-        ));
-    }
-    if files.len() > limits.max_files {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("too many files: limit is {}", limits.max_files),
-        ));
-    }
-    if let Some((path, _)) = files
-        .iter()
-        .find(|(_, text)| text.len() > limits.max_file_bytes)
-    {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "file {path:?} is larger than {} bytes",
-                limits.max_file_bytes
-            ),
-        ));
-    }
-    if files.iter().map(|(_, t)| t.len()).sum::<usize>() > limits.max_room_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the files add up to more than {} bytes",
-                limits.max_room_bytes
-            ),
-        ));
-    }
-    let paths: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
-    let (meta, token) = app
-        .rooms
-        .create(NewRoom {
-            name: request.name,
-            language: request.language,
-            files,
-        })
-        .await?;
+    let new = NewRoom {
+        name: request.name,
+        language: request.language,
+        files,
+    };
+    let (meta, token, paths) = app.rooms.create(new).await?;
     let ws_url = format!("{}/{}", base.0, meta.id);
     tracing::info!(room = %meta.id, files = paths.len(), "room created");
     let body = json!({
@@ -406,28 +368,17 @@ async fn room_info(
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
     let meta = authorize(&app.rooms, &id, &headers, &query).await?;
-    let (files, peers, updated_at) = match app.rooms.loaded(meta.id) {
-        Some(room) => (room.files(), room.presence(), room.updated_at()),
-        None => (
-            app.rooms
-                .store()
-                .files(meta.id)
-                .await
-                .map_err(RoomsError::from)?,
-            Vec::new(),
-            meta.updated_at,
-        ),
-    };
+    let info = app.rooms.info(&meta).await?;
     let connections = app.rooms.peer_count(meta.id).await;
     Ok(Json(json!({
         "id": meta.id,
         "name": meta.name,
         "language": meta.language,
-        "files": files,
-        "peers": peers,
+        "files": info.files,
+        "peers": info.peers,
         "peer_count": connections,
         "created_at": meta.created_at,
-        "updated_at": updated_at,
+        "updated_at": info.updated_at,
     })))
 }
 
@@ -440,15 +391,7 @@ async fn file_text(
     let meta = authorize(&app.rooms, &id, &headers, &query).await?;
     let path =
         paths::normalize(&path).map_err(|e| ApiError::bad_request(format!("file path: {e}")))?;
-    let text = match app.rooms.loaded(meta.id) {
-        Some(room) => room.file_text(&path),
-        None => app
-            .rooms
-            .store()
-            .file_text(meta.id, &path)
-            .await
-            .map_err(RoomsError::from)?,
-    };
+    let text = app.rooms.file_text(meta.id, &path).await?;
     let text = text.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

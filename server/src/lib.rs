@@ -19,6 +19,8 @@ pub mod blocking;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+pub mod connections;
+#[cfg(feature = "server")]
 pub mod gate;
 #[cfg(feature = "server")]
 pub mod history;

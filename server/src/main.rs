@@ -2,7 +2,6 @@
 //! closes every socket with a close frame and flushes every room.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,14 +112,12 @@ async fn main() -> anyhow::Result<()> {
     let mut wait = shutdown_rx.clone();
     let stopping = async move {
         let _ = wait.changed().await;
-        // Every WebSocket has been told to close. Upgraded connections are not tracked by
-        // axum, so wait here for their closing handshakes: otherwise the process could exit
-        // before their close frames (with the reason) are sent.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while rooms.metrics().connections_open.load(Ordering::Relaxed) > 0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // Every WebSocket has been told to close: wait for their closing handshakes (see
+        // `duet_server::connections`), 5 s at most.
+        let closing =
+            tokio::time::timeout(Duration::from_secs(5), rooms.connections().all_closed());
+        if closing.await.is_err() {
+            tracing::warn!("connections still open after 5 s; stopping anyway");
         }
     };
     tokio::spawn(async move {

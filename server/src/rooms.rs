@@ -27,11 +27,13 @@ use uuid::Uuid;
 use crate::auth;
 use crate::blocking::blocking;
 use crate::config::{History, Limits, Persistence};
+use crate::connections::Connections;
 use crate::gate::Gate;
 use crate::history::{Reason, Take, Version};
 use crate::metrics::Metrics;
+use crate::paths::{self, PathError};
 use crate::relay::{self, NodeId, Place, Relay, Relayed};
-use crate::room::{close, now_ms, CloseReason, FlushBatch, Room, RoomMeta};
+use crate::room::{close, now_ms, CloseReason, FileInfo, FlushBatch, Room, RoomMeta};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,8 @@ pub enum RoomsError {
     NoVersion,
     #[error("no file {0:?} in this version")]
     NoFileInVersion(String),
+    #[error(transparent)]
+    Invalid(#[from] NewRoomError),
     /// The restore would break the room's limits.
     #[error("{0}")]
     TooLarge(String),
@@ -78,6 +82,7 @@ struct Shared {
     persistence: Persistence,
     history: History,
     metrics: Arc<Metrics>,
+    connections: Connections,
     // A std mutex: held only to look up or insert an entry, never across an await.
     rooms: Mutex<HashMap<Uuid, Entry>>,
     // Serialises loads so that two first joins to the same room build it once.
@@ -103,6 +108,59 @@ pub struct NewRoom {
     pub files: Vec<(String, String)>,
 }
 
+/// A room as the REST API shows it.
+pub struct RoomInfo {
+    pub files: Vec<FileInfo>,
+    /// Each announced presence state, as the peers sent it (only while the room is loaded).
+    pub peers: Vec<serde_json::Value>,
+    pub updated_at: i64,
+}
+
+/// Why a new room is refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NewRoomError {
+    #[error("file {0:?}: {1}")]
+    Path(String, PathError),
+    #[error("two files have the same path after normalisation")]
+    SamePath,
+    #[error("too many files: limit is {0}")]
+    TooManyFiles(usize),
+    #[error("file {0:?} is larger than {1} bytes")]
+    FileTooLarge(String, usize),
+    #[error("the files add up to more than {0} bytes")]
+    RoomTooLarge(usize),
+}
+
+impl NewRoom {
+    /// The room with its paths normalised (and sorted), if it keeps to `limits`.
+    pub fn validate(mut self, limits: &Limits) -> Result<NewRoom, NewRoomError> {
+        for (path, _) in &mut self.files {
+            *path = paths::normalize(path).map_err(|e| NewRoomError::Path(path.clone(), e))?;
+        }
+        self.files.sort();
+        if self.files.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(NewRoomError::SamePath);
+        }
+        if self.files.len() > limits.max_files {
+            return Err(NewRoomError::TooManyFiles(limits.max_files));
+        }
+        if let Some((path, _)) = self
+            .files
+            .iter()
+            .find(|(_, text)| text.len() > limits.max_file_bytes)
+        {
+            return Err(NewRoomError::FileTooLarge(
+                path.clone(),
+                limits.max_file_bytes,
+            ));
+        }
+        if self.files.iter().map(|(_, t)| t.len()).sum::<usize>() > limits.max_room_bytes {
+            return Err(NewRoomError::RoomTooLarge(limits.max_room_bytes));
+        }
+        Ok(self)
+    }
+}
+
 impl Rooms {
     pub fn new(
         store: Store,
@@ -123,6 +181,7 @@ impl Rooms {
                 limits: Arc::new(limits),
                 persistence,
                 history,
+                connections: Connections::new(metrics.clone()),
                 metrics,
                 rooms: Mutex::new(HashMap::new()),
                 loading: tokio::sync::Mutex::new(()),
@@ -143,6 +202,11 @@ impl Rooms {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The open WebSocket connections.
+    pub fn connections(&self) -> &Connections {
+        &self.shared.connections
     }
 
     pub fn relay(&self) -> Option<&Relay> {
@@ -174,6 +238,31 @@ impl Rooms {
         self.entries().get(&id).map(|e| e.room.clone())
     }
 
+    /// What the REST API shows of a room: from memory if it is loaded (with its peers'
+    /// presence), else from the store.
+    pub async fn info(&self, meta: &RoomMeta) -> Result<RoomInfo, RoomsError> {
+        Ok(match self.loaded(meta.id) {
+            Some(room) => RoomInfo {
+                files: room.files(),
+                peers: room.presence(),
+                updated_at: room.updated_at(),
+            },
+            None => RoomInfo {
+                files: self.shared.store.files(meta.id).await?,
+                peers: Vec::new(),
+                updated_at: meta.updated_at,
+            },
+        })
+    }
+
+    /// A file's text: from memory if the room is loaded, else from the store.
+    pub async fn file_text(&self, id: Uuid, path: &str) -> Result<Option<String>, RoomsError> {
+        Ok(match self.loaded(id) {
+            Some(room) => room.file_text(path),
+            None => self.shared.store.file_text(id, path).await?,
+        })
+    }
+
     pub fn loaded_count(&self) -> usize {
         self.entries().len()
     }
@@ -186,7 +275,13 @@ impl Rooms {
     }
 
     /// Creates a room in the store and returns it with its token (shown only now).
-    pub async fn create(&self, new: NewRoom) -> Result<(RoomMeta, String), RoomsError> {
+    /// Creates a room (see [`NewRoom::validate`]): its metadata, its token, and its files'
+    /// paths (normalised).
+    pub async fn create(
+        &self,
+        new: NewRoom,
+    ) -> Result<(RoomMeta, String, Vec<String>), RoomsError> {
+        let new = new.validate(&self.shared.limits)?;
         let token = auth::new_token();
         let now = now_ms();
         let meta = RoomMeta {
@@ -203,7 +298,8 @@ impl Rooms {
             .create_room(&meta, &state, &new.files)
             .await?;
         Metrics::inc(&self.shared.metrics.rooms_created);
-        Ok((meta, token))
+        let paths = new.files.into_iter().map(|(path, _)| path).collect();
+        Ok((meta, token, paths))
     }
 
     /// The room's metadata, from memory if it is loaded, else from the store.

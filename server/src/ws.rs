@@ -35,10 +35,7 @@ pub async fn serve(
 ) {
     let metrics = rooms.metrics();
     let limits = rooms.limits();
-    Metrics::inc(&metrics.connections_total);
-    metrics
-        .connections_open
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _open = rooms.connections().open();
     let (frames_tx, mut frames) = mpsc::channel(limits.send_queue.max(1));
     let (kick_tx, kick_rx) = oneshot::channel();
     let (sink, mut stream) = socket.split();
@@ -66,9 +63,6 @@ pub async fn serve(
             tracing::info!(room = %room_id, reason = %reason.reason, "connection refused");
             Metrics::inc(&metrics.connections_rejected);
             close_handshake(&mut conn.sink, &mut stream, reason, false).await;
-            metrics
-                .connections_open
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
     };
@@ -161,9 +155,6 @@ pub async fn serve(
         }
         close_handshake(&mut conn.sink, &mut stream, reason, unread).await;
     }
-    metrics
-        .connections_open
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(room = %room_id, peer, "peer left");
 }
 
