@@ -1745,7 +1745,7 @@ mod tests {
             }
         }
 
-        fn flush(&mut self) {
+        fn send_pending(&mut self) {
             if !self.batch.is_empty() {
                 let batch = std::mem::take(&mut self.batch);
                 self.outbox.push_back(Msg::Change(self.version, batch));
@@ -2123,7 +2123,7 @@ mod tests {
                     self.editor.process_request(&mut self.rng);
                 }
                 75..=89 => self.bridge_send(),
-                90..=94 => self.editor.flush(),
+                90..=94 => self.editor.send_pending(),
                 95..=96 if self.editor.kind == Kind::Helix => {
                     // A completion preview came and went: version bumped, nothing sent.
                     self.editor.version += 1 + self.rng.below(3) as i32;
@@ -2134,11 +2134,11 @@ mod tests {
 
         fn quiesce(&mut self) {
             for round in 0..200 {
-                self.editor.flush();
+                self.editor.send_pending();
                 while self.deliver() {}
                 self.bridge_send();
                 while self.editor.process_request(&mut self.rng) {}
-                self.editor.flush();
+                self.editor.send_pending();
                 while self.deliver() {}
                 if self.shadow.is_settled()
                     && self.editor.inbox.is_empty()

@@ -74,7 +74,7 @@ pub struct RoomMeta {
 pub type PeerId = u64;
 
 /// A peer's side of the room: where its frames go and how to tell it to leave.
-pub struct PeerLink {
+pub struct PeerChannels {
     pub frames: mpsc::Sender<Bytes>,
     pub kick: oneshot::Sender<CloseReason>,
 }
@@ -352,7 +352,7 @@ impl Room {
 
     /// Adds a peer. Returns its id and the frames that open the conversation: our state vector
     /// (sync step 1) and everyone's presence.
-    pub fn join(&self, link: PeerLink) -> Result<(PeerId, Vec<Bytes>), CloseReason> {
+    pub fn join(&self, channels: PeerChannels) -> Result<(PeerId, Vec<Bytes>), CloseReason> {
         let mut state = self.lock();
         if state.closed {
             return Err(CloseReason::new(close::GOING_AWAY, "room is closed"));
@@ -368,8 +368,8 @@ impl Room {
         state.peers.insert(
             id,
             Peer {
-                frames: link.frames,
-                kick: Some(link.kick),
+                frames: channels.frames,
+                kick: Some(channels.kick),
                 clients: HashSet::new(),
                 name: None,
                 edited: false,
@@ -1468,7 +1468,7 @@ mod tests {
     fn peer(room: &Room) -> (PeerId, mpsc::Receiver<Bytes>) {
         let (frames, rx) = mpsc::channel(64);
         let (kick, _) = oneshot::channel();
-        let (id, _) = room.join(PeerLink { frames, kick }).unwrap();
+        let (id, _) = room.join(PeerChannels { frames, kick }).unwrap();
         (id, rx)
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bucket::TokenBucket;
 use crate::metrics::Metrics;
-use crate::room::{close, CloseReason, PeerLink, Room};
+use crate::room::{close, CloseReason, PeerChannels, Room};
 use crate::rooms::Rooms;
 
 /// How long one frame may take to go out before the peer counts as gone.
@@ -48,7 +48,7 @@ pub async fn serve(
     // With several nodes, the room's peer limit counts the peers on all of them.
     let place = rooms.take_place(room_id).await;
     let joined = place.clone().and_then(|_| {
-        room.join(PeerLink {
+        room.join(PeerChannels {
             frames: frames_tx,
             kick: kick_tx,
         })

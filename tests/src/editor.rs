@@ -11,7 +11,7 @@
 //!   answered `{"applied": true}`; null/0/future versions apply unchecked; the echo is re-derived
 //!   by a line diff (the whole changed line range); `didChange` is rate-limited like Neovim's
 //!   `debounce_text_changes` (150 ms by default: a burst is batched into one notification with
-//!   several changes; flushed before any request, not before an `applyEdit` is processed).
+//!   several changes; sent before any request, not before an `applyEdit` is processed).
 //! - **Helix**: offers utf-8/32/16; stale versioned edits get `{"applied": false,
 //!   "failureReason": "document has changed"}`; echo (V+1) before the reply; versions can jump
 //!   without a `didChange` (completion previews, [`FakeEditor::helix_skip_versions`]); several
@@ -515,7 +515,7 @@ struct Doc {
     /// Neovim: changes not sent yet, and its rate limiter.
     batch: Vec<Value>,
     timer_armed: bool,
-    last_flush: Option<Instant>,
+    last_sent: Option<Instant>,
     /// Helix: the state saved when a completion was requested.
     helix_saved: Option<String>,
     /// An applyEdit was refused and the bridge has not shown that it saw a `didChange` since
@@ -626,8 +626,8 @@ impl State {
     }
 
     fn request(&mut self, method: &str, params: Value) -> oneshot::Receiver<Value> {
-        // Neovim flushes its pending didChange before any request.
-        self.flush_all();
+        // Neovim sends its pending didChange before any request.
+        self.send_all_pending();
         let id = self.next_id;
         self.next_id += 1;
         let (tx, rx) = oneshot::channel();
@@ -675,7 +675,7 @@ impl State {
             cursors: HashMap::new(),
             batch: Vec::new(),
             timer_armed: false,
-            last_flush: None,
+            last_sent: None,
             helix_saved: None,
             refused_since_change: false,
             refused_at_version: version,
@@ -756,37 +756,37 @@ impl State {
         if doc.timer_armed {
             return;
         }
-        let wait = match doc.last_flush {
+        let wait = match doc.last_sent {
             None => debounce,
             Some(t) => debounce.saturating_sub(t.elapsed()),
         };
         if wait.is_zero() {
-            self.flush(uri);
+            self.send_pending(uri);
         } else {
             doc.timer_armed = true;
             let (me, uri) = (self.me.clone(), uri.to_string());
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
                 if let Some(state) = me.upgrade() {
-                    state.lock().expect("editor state").flush(&uri);
+                    state.lock().expect("editor state").send_pending(&uri);
                 }
             });
         }
     }
 
-    fn flush(&mut self, uri: &str) {
+    fn send_pending(&mut self, uri: &str) {
         let Some(doc) = self.docs.get_mut(uri) else {
             return;
         };
         doc.timer_armed = false;
-        doc.last_flush = Some(Instant::now());
+        doc.last_sent = Some(Instant::now());
         if !doc.batch.is_empty() {
             let changes = std::mem::take(&mut doc.batch);
             self.send_did_change(uri, changes);
         }
     }
 
-    fn flush_all(&mut self) {
+    fn send_all_pending(&mut self) {
         let uris: Vec<String> = self
             .docs
             .iter()
@@ -794,7 +794,7 @@ impl State {
             .map(|(u, _)| u.clone())
             .collect();
         for uri in uris {
-            self.flush(&uri);
+            self.send_pending(&uri);
         }
     }
 
@@ -1817,7 +1817,7 @@ impl FakeEditor {
     pub fn close(&self, path: &str) {
         let mut s = self.lock();
         let uri = s.uri(path);
-        s.flush(&uri);
+        s.send_pending(&uri);
         s.docs.remove(&uri);
         s.notify(
             "textDocument/didClose",

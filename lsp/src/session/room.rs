@@ -1,4 +1,4 @@
-//! The room link: joining (invite, connection, replica), the connection's events, linking open
+//! The room: joining (invite, connection, replica), the connection's events, linking open
 //! documents to the room's files, and handing peers' changes to them; re-basing a document on
 //! the room's text when its shadow lost track.
 //!
