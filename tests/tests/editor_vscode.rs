@@ -1110,3 +1110,107 @@ async fn vscode_undo_setting_off_gives_the_keys_back_to_vscode() {
     vscode.quit().await;
     eprintln!("VS Code undo-off test done in {:?}", started.elapsed());
 }
+
+/// The room's history in VS Code: "duet: Room history…" picks a version and shows the file
+/// beside its text then; "Restore this file from the version shown" restores it for everyone;
+/// after leaving and joining again, VS Code says what changed meanwhile and who changed it, and
+/// "What changed while I was away" shows it as a diff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vscode_room_history_restore_and_what_changed_while_away() {
+    let started = Instant::now();
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    let good = "x = 1\n";
+    let room = server.create_room_with(&[("main.py", good)]).await;
+    let peer = YClient::join(&server.ws_url(&room)).await;
+    peer.set_presence(json!({"user": {"name": "rusty", "color": "#e06c75"}}));
+    server.take_version(&room, "good").await;
+    peer.edit("main.py", |txn, text| {
+        let len = text.len(txn);
+        text.remove_range(txn, 0, len);
+        text.insert(txn, 0, "broken\n");
+    });
+    eventually(WAIT, "the server to have the damage", || async {
+        (server.file(&room, "main.py").await.as_deref() == Some("broken\n")).then_some(())
+    })
+    .await;
+
+    let settings = json!({"duet.invite": server.ws_url(&room), "duet.name": "vera"});
+    let (mut vscode, _) =
+        VsCode::start("vscode-history", &[("main.py", "broken\n")], settings).await;
+    vscode
+        .wait_state("VS Code in the room", WAIT, |s| {
+            s["status"]["state"] == "connected" && s["active"]["text"] == "broken\n"
+        })
+        .await;
+
+    // The versions in a quick pick; the one picked beside the file, in a diff.
+    let picked = vscode
+        .call(json!({"cmd": "palette", "command": "duet: Room history", "pick": "#1"}))
+        .await;
+    let rows = picked["rows"].to_string();
+    assert!(
+        rows.contains("#1  good") && rows.contains("main.py (added)"),
+        "{rows}"
+    );
+    vscode
+        .wait_state("the history diff", WAIT, |s| {
+            s["historyDiff"] == true
+                && s["history"] == json!({"version": 1, "path": "main.py"})
+                && s["tabs"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t == "main.py: version 1 ↔ now"))
+        })
+        .await;
+
+    // Restored for everyone, VS Code included.
+    vscode
+        .call(
+            json!({"cmd": "palette", "command": "duet: Restore this file from the version shown"}),
+        )
+        .await;
+    peer.wait_text("main.py", good, WAIT).await;
+    eventually(WAIT, "the server to have the restore", || async {
+        (server.file(&room, "main.py").await.as_deref() == Some(good)).then_some(())
+    })
+    .await;
+    vscode
+        .wait_state("the restore in VS Code", WAIT, |s| {
+            s["active"]["text"] == good && s["historyDiff"] == false
+        })
+        .await;
+
+    // Away: rusty adds a line while VS Code is out of the room.
+    vscode
+        .call(json!({"cmd": "palette", "command": "duet: Leave the room"}))
+        .await;
+    vscode
+        .wait_state("VS Code out of the room", WAIT, |s| {
+            s["status"]["state"] == "idle"
+        })
+        .await;
+    peer.append("main.py", "z = 3\n");
+    eventually(WAIT, "the server to have rusty's line", || async {
+        (server.file(&room, "main.py").await.as_deref() == Some("x = 1\nz = 3\n")).then_some(())
+    })
+    .await;
+    vscode
+        .call(json!({"cmd": "palette", "command": "duet: Join a room", "input": server.ws_url(&room)}))
+        .await;
+    vscode
+        .wait_notification(&["while you were away, rusty changed main.py"])
+        .await;
+    vscode
+        .call(json!({"cmd": "palette", "command": "duet: What changed while I was away", "pick": "main.py"}))
+        .await;
+    vscode
+        .wait_state("the diff of what changed", WAIT, |s| {
+            s["tabs"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "main.py: when you left ↔ now"))
+        })
+        .await;
+
+    vscode.quit().await;
+    eprintln!("VS Code history test done in {:?}", started.elapsed());
+}

@@ -3,7 +3,10 @@
 // selections, follow mode. Edits themselves need nothing here: the bridge sends the peers' edits
 // as `workspace/applyEdit` and hears ours from `didChange`, like any language server. Undo does:
 // VS Code's own undo stack holds the peers' edits too, so in shared documents the undo and redo
-// keys go to the bridge, which undoes the user's own edits only.
+// keys go to the bridge, which undoes the user's own edits only. The room's history: "Room
+// history…" picks a version and shows a file beside its text then (a diff), with commands to
+// restore it or every file; "What changed while I was away" shows, after rejoining, each file
+// changed since beside its text when we left.
 
 import * as fs from 'fs';
 import * as os from 'os';
@@ -52,6 +55,28 @@ interface Message {
   type: number;
   message: string;
 }
+
+/** One version of the room, as `duet.versions` lists it. */
+interface Version {
+  id: number;
+  created_at: number;
+  reason: string;
+  label: string | null;
+  authors: string[];
+  files: { path: string; change: string }[];
+}
+
+/** `duet/away` and `duet.away`: the files changed while we were away. */
+interface Away {
+  since: number;
+  files: { path: string; change: string }[];
+  authors?: string[];
+}
+
+/** The scheme of the texts the history diffs show: `duet-history:/<path>?version=<n>` or `?away`. */
+const HISTORY_SCHEME = 'duet-history';
+/** The context key of the restore commands: a history diff is the active editor. */
+const HISTORY_DIFF = 'duet.historyDiff';
 
 const BRIDGE = 'duet-lsp';
 /** The context key the undo and redo keybindings depend on: the active editor's document is shared. */
@@ -111,6 +136,8 @@ class Duet {
   private testTimer: NodeJS.Timeout | undefined;
   private testWritten = '';
   private editQueue: Promise<void> = Promise.resolve();
+  /** The version and file of the history diff shown last. */
+  private historyShown: { version: number; path: string } | undefined;
 
   constructor(private readonly context: vscode.ExtensionContext) {
     this.output = vscode.window.createOutputChannel('duet');
@@ -133,13 +160,25 @@ class Duet {
     command('duet.status', () => this.showStatus());
     command('duet.restart', () => this.restart());
     command('duet._testState', () => this.testState());
+    command('duet.history', () => this.history());
+    command('duet.restoreFile', () => this.restore(false));
+    command('duet.restoreAll', () => this.restore(true));
+    command('duet.away', () => this.away());
+    context.subscriptions.push(
+      vscode.workspace.registerTextDocumentContentProvider(HISTORY_SCHEME, {
+        provideTextDocumentContent: (uri) => this.historyText(uri),
+      }),
+    );
 
     context.subscriptions.push(
       this.output,
       this.statusItem,
       vscode.window.onDidChangeTextEditorSelection((e) => this.selectionChanged(e)),
       vscode.window.onDidChangeVisibleTextEditors(() => this.decorate()),
-      vscode.window.onDidChangeActiveTextEditor(() => this.render()),
+      vscode.window.onDidChangeActiveTextEditor(() => {
+        this.render();
+        void vscode.commands.executeCommand('setContext', HISTORY_DIFF, this.historyDiffShown());
+      }),
       vscode.workspace.onDidChangeConfiguration((e) => {
         if (['path', 'server', 'name', 'color', 'invite', 'files'].some((k) => e.affectsConfiguration(`duet.${k}`))) {
           this.log('settings changed: restarting the bridge');
@@ -210,6 +249,7 @@ class Duet {
     client.onNotification('duet/status', (status: Status) => this.onStatus(status));
     client.onNotification('duet/peers', (params: { peers: Peer[] }) => this.onPeers(params.peers ?? []));
     client.onNotification('window/showMessage', (message: Message) => this.onMessage(message));
+    client.onNotification('duet/away', (away: Away) => this.onAway(away));
     client.onRequest('workspace/applyEdit', (params: ApplyWorkspaceEditParams) => this.applyEdit(client, params));
     client.onDidChangeState((e) => {
       if (e.newState === State.Stopped) {
@@ -516,6 +556,137 @@ class Duet {
     editor.revealRange(range, vscode.TextEditorRevealType.InCenterIfOutsideViewport);
   }
 
+  // ----- the room's history --------------------------------------------------------------------
+
+  /** The workspace path of the active editor's file (the modified side of a diff), if shared. */
+  private activePath(): string | undefined {
+    const document = vscode.window.activeTextEditor?.document;
+    const root = vscode.workspace.workspaceFolders?.[0]?.uri;
+    if (!document || !root || document.uri.scheme !== 'file') {
+      return undefined;
+    }
+    return path.relative(root.fsPath, document.uri.fsPath).split(path.sep).join('/');
+  }
+
+  /** "Room history…": pick a version, then see the active file (or the version's first) beside its text then. */
+  private async history(): Promise<void> {
+    const result = await this.execute('duet.versions', [100]);
+    const versions: Version[] = result?.versions ?? [];
+    if (!result) {
+      return;
+    }
+    if (versions.length === 0) {
+      void vscode.window.showInformationMessage('duet: the room has no versions yet.');
+      return;
+    }
+    type Item = vscode.QuickPickItem & { version: Version };
+    const items: Item[] = versions.map((version) => ({
+      label: `#${version.id}${version.label ? `  ${version.label}` : ''}`,
+      description: `${new Date(version.created_at).toLocaleString()} · ${version.authors.join(', ') || '—'}`,
+      detail: version.files.map((f) => (f.change === 'changed' ? f.path : `${f.path} (${f.change})`)).join(', ') || 'no change',
+      version,
+    }));
+    const picked = await vscode.window.showQuickPick(items, { placeHolder: 'duet: versions of the room, newest first' });
+    if (!picked) {
+      return;
+    }
+    const file = this.activePath() ?? picked.version.files[0]?.path;
+    if (!file) {
+      void vscode.window.showInformationMessage('duet: open a file of the room to compare it with that version.');
+      return;
+    }
+    await this.showDiff(`version=${picked.version.id}`, file, `${file}: version ${picked.version.id} ↔ now`);
+    this.historyShown = { version: picked.version.id, path: file };
+    void vscode.commands.executeCommand('setContext', HISTORY_DIFF, true);
+    void vscode.window
+      .showInformationMessage(`duet: ${file} as in version ${picked.version.id} (left) and now (right).`, 'Restore this file', 'Restore all files')
+      .then((choice) => {
+        if (choice) {
+          void this.restore(choice === 'Restore all files');
+        }
+      });
+  }
+
+  /** A diff of a history text (left) and the workspace file (right). */
+  private async showDiff(query: string, file: string, title: string): Promise<void> {
+    const root = vscode.workspace.workspaceFolders?.[0]?.uri;
+    if (!root) {
+      return;
+    }
+    const before = vscode.Uri.from({ scheme: HISTORY_SCHEME, path: `/${file}`, query });
+    await vscode.commands.executeCommand('vscode.diff', before, vscode.Uri.joinPath(root, file), title);
+  }
+
+  private historyDiffShown(): boolean {
+    const tab = vscode.window.tabGroups.activeTabGroup.activeTab;
+    return tab?.input instanceof vscode.TabInputTextDiff && tab.input.original.scheme === HISTORY_SCHEME;
+  }
+
+  /** The text a history diff shows on its left: a file at a version, or when we left the room. */
+  private async historyText(uri: vscode.Uri): Promise<string> {
+    const file = uri.path.replace(/^\//, '');
+    if (uri.query === 'away') {
+      const result = await this.execute('duet.awayText', [file]);
+      return typeof result?.text === 'string' ? result.text : '';
+    }
+    const version = Number(new URLSearchParams(uri.query).get('version'));
+    const result = await this.execute('duet.versionText', [version, file]);
+    return typeof result?.text === 'string' ? result.text : '';
+  }
+
+  /** Restores the file of the history diff shown (or every file) as in its version. */
+  private async restore(all: boolean): Promise<void> {
+    const shown = this.historyShown;
+    if (!shown) {
+      void vscode.window.showInformationMessage('duet: pick a version first (duet: Room history…).');
+      return;
+    }
+    const args = all ? [shown.version] : [shown.version, shown.path];
+    if (await this.execute('duet.restore', args)) {
+      const tab = vscode.window.tabGroups.activeTabGroup.activeTab;
+      if (tab && this.historyDiffShown()) {
+        await vscode.window.tabGroups.close(tab);
+      }
+      void vscode.commands.executeCommand('setContext', HISTORY_DIFF, false);
+    }
+  }
+
+  /** `duet/away`: the bridge says what changed; offer to show it. */
+  private onAway(away: Away): void {
+    if (away.files.length > 0) {
+      this.quiet.add('duet: while you were away');
+      setTimeout(() => this.quiet.delete('duet: while you were away'), 2000);
+      const who = away.authors?.length ? away.authors.join(', ') : 'someone';
+      const files = away.files.map((f) => f.path).join(', ');
+      void vscode.window
+        .showInformationMessage(`duet: while you were away, ${who} changed ${files}.`, 'Show changes')
+        .then((choice) => {
+          if (choice) {
+            void this.away();
+          }
+        });
+    }
+  }
+
+  /** "What changed while I was away": pick a file, see it beside its text when we left. */
+  private async away(): Promise<void> {
+    const away: Away | undefined = await this.execute('duet.away', []);
+    if (!away) {
+      return;
+    }
+    if (away.files.length === 0) {
+      void vscode.window.showInformationMessage('duet: nothing changed while you were away.');
+      return;
+    }
+    const picked = await vscode.window.showQuickPick(
+      away.files.map((f) => ({ label: f.path, description: f.change })),
+      { placeHolder: `duet: changed since you left (${new Date(away.since).toLocaleString()})` },
+    );
+    if (picked) {
+      await this.showDiff('away', picked.label, `${picked.label}: when you left ↔ now`);
+    }
+  }
+
   // ----- from the bridge -----------------------------------------------------------------------
 
   private onStatus(status: Status): void {
@@ -789,6 +960,9 @@ class Duet {
           }
         : null,
       sharedDocument: this.sharedDocument,
+      history: this.historyShown ?? null,
+      historyDiff: this.historyDiffShown(),
+      tabs: vscode.window.tabGroups.all.flatMap((g) => g.tabs.map((t) => t.label)),
       statusBarText: this.statusItem.text,
       status: this.status,
       peers: this.peers,
