@@ -40,13 +40,6 @@ impl Backend {
 #[tower_lsp::async_trait]
 impl LanguageServer for Backend {
     async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
-        if params
-            .client_info
-            .as_ref()
-            .is_some_and(|c| c.name.eq_ignore_ascii_case("helix"))
-        {
-            crate::logging::for_helix();
-        }
         self.ask(|reply| Event::Initialize(Box::new(params), reply))
             .await
     }
@@ -73,6 +66,14 @@ impl LanguageServer for Backend {
 
     async fn completion(&self, params: CompletionParams) -> Result<Option<CompletionResponse>> {
         self.ask(|reply| Event::Completion(params, reply)).await
+    }
+
+    async fn symbol(
+        &self,
+        params: WorkspaceSymbolParams,
+    ) -> Result<Option<Vec<SymbolInformation>>> {
+        self.ask(|reply| Event::WorkspaceSymbol(params, reply))
+            .await
     }
 
     async fn execute_command(&self, params: ExecuteCommandParams) -> Result<Option<Value>> {

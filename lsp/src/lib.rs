@@ -14,6 +14,7 @@ pub mod ot;
 pub mod replica;
 pub mod session;
 pub mod shadow;
+pub mod status;
 pub mod tls;
 pub mod transport;
 pub mod workspace;

@@ -11,22 +11,26 @@
 //! The state lives here; the handlers live by concern in the submodules, as `impl Session`
 //! blocks: [`lifecycle`] (initialize), [`documents`] (open, change, close, the next
 //! `applyEdit`), [`room`] (join, connection events, linking documents to the room's files,
-//! peers' changes), [`presence`] (our cursor out, peers in), [`completion`], [`commands`] and
+//! peers' changes), [`presence`] (our cursor out, peers in, jumping to and following a peer),
+//! [`files`] (the room's files: listing, opening, creating those the folder lacks, noticing
+//! new ones), [`overview`] (the status, readable everywhere), [`completion`], [`commands`] and
 //! [`history`] (the room's versions, restores, what changed while we were away).
 
 mod commands;
 mod completion;
 mod documents;
 pub mod editor;
+mod files;
 mod history;
 mod lifecycle;
+mod overview;
 mod presence;
 mod room;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Instant, SystemTime};
 
 use duet_server::autocomplete::{Engine, IdentifierIndex};
 use duet_server::protocol::Presence;
@@ -58,6 +62,11 @@ pub enum Event {
         oneshot::Sender<Option<CompletionResponse>>,
     ),
     Command(ExecuteCommandParams, oneshot::Sender<CommandResult>),
+    /// `workspace/symbol`: the room's files and the peers, to pick one to go to.
+    WorkspaceSymbol(
+        WorkspaceSymbolParams,
+        oneshot::Sender<Option<Vec<SymbolInformation>>>,
+    ),
     Cursor(CursorParams),
     Net(u64, NetEvent),
     ApplyEditAnswered {
@@ -95,6 +104,9 @@ struct Document {
     /// Where the user's last undo or redo changed the room's text (UTF-16): the cursor goes
     /// there once the editor has the change, unless the user types first.
     undo_cursor: Option<usize>,
+    /// The room's text is on its way to the editor: peers' cursors are shown again once the
+    /// editor has it (drawn before, they would land where the old text put them).
+    peers_when_settled: bool,
 }
 
 pub struct Session {
@@ -131,6 +143,14 @@ pub struct Session {
     status_sent: Option<Value>,
     /// What changed in the room while we were away (from our last visit to it).
     away: Option<history::Away>,
+    /// The last readable status written for Helix (see [`overview`]).
+    status_written: Option<String>,
+    /// The last messages shown, with when: the status repeats them (Helix's status line keeps
+    /// a message only until the next).
+    recent: VecDeque<(SystemTime, String)>,
+    /// The peer (client id) whose cursor the editor follows (`duet.follow`, for editors without
+    /// a plugin), and where we last took the editor.
+    following: Option<(u64, Option<(String, u32)>)>,
 }
 
 impl Session {
@@ -158,6 +178,9 @@ impl Session {
             generation: 0,
             cursor_from_editor: false,
             status_sent: None,
+            status_written: None,
+            recent: VecDeque::new(),
+            following: None,
             peer_diagnostics: HashSet::new(),
             show_document: false,
             last_typed: None,
@@ -193,6 +216,9 @@ impl Session {
                 let _ = reply.send(self.completion(params));
             }
             Event::Command(params, reply) => self.command(params, reply),
+            Event::WorkspaceSymbol(params, reply) => {
+                let _ = reply.send(Some(self.workspace_symbols(&params.query)));
+            }
             Event::Cursor(params) => self.cursor(params),
             Event::Net(generation, event) => self.net(generation, event),
             Event::ApplyEditAnswered { uri, id, applied } => {
@@ -216,11 +242,18 @@ impl Session {
         let _ = self.editor.send(message);
     }
 
-    fn show(&self, kind: MessageType, message: String) {
+    fn show(&mut self, kind: MessageType, message: String) {
         tracing::info!(message = %crate::config::without_tokens(&message), "message to the user");
+        if self.recent.len() == RECENT_MESSAGES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((SystemTime::now(), message.clone()));
         self.tell(ToEditor::Show { kind, message });
     }
 }
+
+/// How many of the last messages the status repeats.
+const RECENT_MESSAGES: usize = 8;
 
 /// Sends the session a [`Event::Tick`] at `when`, to look again at what was held back.
 fn tick_at(events: &mpsc::UnboundedSender<Event>, when: Instant) {

@@ -1,5 +1,6 @@
-//! The workspace: which editor files are shared, under which room path, and where a buffer's
-//! replaced text is kept so that it can be recovered.
+//! The workspace: which editor files are shared, under which room path, where a buffer's
+//! replaced text is kept so that it can be recovered, how a room file the folder lacks is
+//! created, and where the readable status is written for Helix.
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +17,12 @@ pub enum NotShared {
     Outside(PathBuf),
     #[error(transparent)]
     Path(#[from] PathError),
+    #[error("it is duet's status file")]
+    StatusFile,
 }
+
+/// Where the readable status is written (for Helix), relative to the root. Never shared.
+pub const STATUS_FILE: &str = ".duet/status.md";
 
 pub struct Workspace {
     root: PathBuf,
@@ -64,7 +70,51 @@ impl Workspace {
             .map(|c| c.as_os_str().to_string_lossy())
             .collect::<Vec<_>>()
             .join("/");
+        if joined == STATUS_FILE {
+            return Err(NotShared::StatusFile);
+        }
         Ok(duet_server::paths::normalize(&joined)?)
+    }
+
+    /// Where a room path is (or would be) in the workspace; `None` for a path that is not a
+    /// clean relative one (the server refuses those; a peer's presence could still name one).
+    pub fn file_of(&self, path: &str) -> Option<PathBuf> {
+        let clean = duet_server::paths::normalize(path).ok()?;
+        (clean == path && path != STATUS_FILE).then(|| self.root.join(path))
+    }
+
+    /// Creates a room file the workspace lacks, with the room's text (a file that exists is
+    /// left alone). Returns its path.
+    pub fn create_room_file(&self, path: &str, text: &str) -> std::io::Result<PathBuf> {
+        let file = self.file_of(path).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{path:?} is not a path in the workspace"),
+            )
+        })?;
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&file)
+        {
+            Ok(mut f) => std::io::Write::write_all(&mut f, text.as_bytes())?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        Ok(file)
+    }
+
+    /// Writes the readable status to [`STATUS_FILE`]; returns its path.
+    pub fn write_status(&self, text: &str) -> std::io::Result<PathBuf> {
+        let file = self.root.join(STATUS_FILE);
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&file, text)?;
+        Ok(file)
     }
 
     /// Saves text the room's version replaced, under the user's state directory, and returns
@@ -98,6 +148,31 @@ pub fn state_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_files_are_created_once_inside_the_root_and_the_status_file_is_not_shared() {
+        let dir = std::env::temp_dir().join(format!("duet-create-{}", std::process::id()));
+        let workspace = Workspace::new(dir.clone());
+        let file = workspace
+            .create_room_file("src/util.py", "x = 1\n")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x = 1\n");
+        // A file that exists keeps its text.
+        workspace
+            .create_room_file("src/util.py", "other\n")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x = 1\n");
+        for bad in ["../escape.py", "/etc/passwd", "a/../../b", STATUS_FILE] {
+            assert!(workspace.create_room_file(bad, "x").is_err(), "{bad}");
+        }
+        let status = workspace.write_status("# duet\n").unwrap();
+        let uri = Url::from_file_path(&status).unwrap();
+        assert!(matches!(
+            workspace.relative_path(&uri),
+            Err(NotShared::StatusFile)
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn files_are_named_relative_to_the_root_and_outsiders_are_refused() {

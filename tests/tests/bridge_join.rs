@@ -11,11 +11,14 @@ use duet_e2e::server::{Backend, Database, RoomRef, Server};
 use duet_e2e::yclient::YClient;
 use serde_json::{json, Value};
 
-const COMMANDS: [&str; 12] = [
+const COMMANDS: [&str; 15] = [
     "duet.createRoom",
     "duet.joinRoom",
     "duet.leaveRoom",
     "duet.status",
+    "duet.openFile",
+    "duet.jump",
+    "duet.follow",
     "duet.undo",
     "duet.redo",
     "duet.versions",

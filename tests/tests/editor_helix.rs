@@ -11,9 +11,12 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use duet_e2e::editor::{FakeEditor, Kind};
+use duet_e2e::editor::{wait_server_file, FakeEditor, Kind, Pos, WAIT};
+use duet_e2e::eventually;
 use duet_e2e::server::{Backend, Database, Server};
+use duet_e2e::yclient::YClient;
 use toml::{Table, Value};
 
 /// The languages the configuration must cover.
@@ -861,4 +864,278 @@ async fn versions_restore_and_what_changed_while_away_through_workspace_commands
         .expect("duet.awayText");
     assert_eq!(before["text"], json!(good));
     drop(bob);
+}
+
+fn presence(name: &str, file: &str, at: u32) -> serde_json::Value {
+    serde_json::json!({"user": {"name": name, "color": "#61afef"},
+           "cursor": {"file": file, "anchor": at, "head": at}})
+}
+
+/// A UTF-16 offset of `needle` in `text`.
+fn utf16_at(text: &str, needle: &str) -> u32 {
+    text[..text.find(needle).expect("needle")]
+        .encode_utf16()
+        .count() as u32
+}
+
+const MAIN: &str = "import util\nprint(util.f())\n";
+const UTIL: &str = "def f():\n    return 1\n";
+
+/// A room made over REST with main.py and lib/util.py, and Helix (its folder holding none of
+/// them) in it with main.py open.
+async fn helix_in_a_room_of_two_files(
+    label: &str,
+) -> (Database, Server, duet_e2e::server::RoomRef, FakeEditor) {
+    let (db, server) = start_server().await;
+    let room = server
+        .create_room_with(&[("main.py", MAIN), ("lib/util.py", UTIL)])
+        .await;
+    let helix = FakeEditor::builder(Kind::Helix)
+        .label(label)
+        .join(&server, &room, "main.py")
+        .await;
+    (db, server, room, helix)
+}
+
+/// A room made with curl holds a file Helix's folder lacks: the workspace-symbol picker lists
+/// the room's files (filtered by what is typed), and picking one opens it with the room's text,
+/// creating it in the folder; typing in it reaches the room. A file a peer adds later is
+/// announced, and listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helix_lists_and_opens_the_rooms_files_with_the_symbol_picker() {
+    let (_db, server, room, helix) = helix_in_a_room_of_two_files("helix-files").await;
+    assert!(!helix.workspace().join("lib/util.py").exists());
+
+    let all = helix.workspace_symbols("").await;
+    let names: Vec<&str> = all.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert!(
+        names.contains(&"main.py") && names.contains(&"lib/util.py"),
+        "{names:?}"
+    );
+    let typed = helix.workspace_symbols("utl").await;
+    let names: Vec<&str> = typed.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["lib/util.py"], "what 'utl' keeps");
+
+    helix.pick_symbol(&typed[0]);
+    helix.wait_text("lib/util.py", UTIL, WAIT).await;
+    assert_eq!(
+        std::fs::read_to_string(helix.workspace().join("lib/util.py"))
+            .ok()
+            .as_deref(),
+        Some(UTIL),
+        "the file is created in the folder with the room's text"
+    );
+    helix.type_text("lib/util.py", 0, "# shared\n").await;
+    let expected = format!("# shared\n{UTIL}");
+    wait_server_file(&server, &room, "lib/util.py", &expected, WAIT, &[&helix]).await;
+
+    let bob = YClient::join(&server.ws_url(&room)).await;
+    bob.insert("notes.txt", 0, "todo\n");
+    helix
+        .wait_message("the new file announced", WAIT, |m| {
+            m["message"].as_str() == Some("duet: new in the room: notes.txt")
+        })
+        .await;
+    let names: Vec<String> = helix
+        .workspace_symbols("notes")
+        .await
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(names, ["notes.txt"]);
+    helix.assert_no_violations();
+}
+
+/// `duet.jump` takes Helix to a peer's cursor (through `window/showDocument`), opening the
+/// peer's file — created from the room's text when the folder lacks it; the picker lists the
+/// peer too. `duet.follow` takes it along to each new line or file of the peer's, until the
+/// user types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helix_jumps_to_and_follows_a_peer() {
+    let (_db, server, room, helix) = helix_in_a_room_of_two_files("helix-jump").await;
+    let bob = YClient::join(&server.ws_url(&room)).await;
+    bob.set_presence(presence("bob", "lib/util.py", utf16_at(UTIL, "return")));
+    let symbols = eventually(WAIT, "bob in the symbol picker", || async {
+        let symbols = helix.workspace_symbols("bob").await;
+        (!symbols.is_empty()).then_some(symbols)
+    })
+    .await;
+    assert_eq!(symbols[0]["name"], "@bob lib/util.py:2", "{symbols:?}");
+
+    helix
+        .execute_command("duet.jump", serde_json::json!(["bob"]))
+        .await
+        .unwrap_or_else(|e| panic!("duet.jump: {e}\n{}", helix.report()));
+    let shown = eventually(WAIT, "Helix at bob's cursor", || async {
+        helix.shown().filter(|(path, _)| path == "lib/util.py")
+    })
+    .await;
+    assert_eq!(shown.1, Pos::new(1, 4), "line 2, at `return`");
+    helix.wait_text("lib/util.py", UTIL, WAIT).await;
+    assert!(helix.workspace().join("lib/util.py").exists());
+
+    helix
+        .execute_command("duet.follow", serde_json::json!(["bo"]))
+        .await
+        .unwrap_or_else(|e| panic!("duet.follow: {e}\n{}", helix.report()));
+    bob.set_presence(presence("bob", "main.py", utf16_at(MAIN, "print")));
+    eventually(WAIT, "Helix following bob into main.py", || async {
+        helix
+            .shown()
+            .filter(|(path, at)| path == "main.py" && *at == Pos::new(1, 0))
+    })
+    .await;
+    // Typing stops following.
+    helix.type_text("main.py", 0, "#").await;
+    helix
+        .wait_message("following ends", WAIT, |m| {
+            m["message"]
+                .as_str()
+                .is_some_and(|t| t.contains("no longer following"))
+        })
+        .await;
+    bob.set_presence(presence("bob", "lib/util.py", 0));
+    // Bob's move reaches the bridge (the picker shows it) and Helix stays where it was.
+    eventually(WAIT, "bob's move", || async {
+        let symbols = helix.workspace_symbols("bob").await;
+        (symbols.first()?["name"] == "@bob lib/util.py:1").then_some(())
+    })
+    .await;
+    assert_eq!(helix.shown().map(|(p, _)| p).as_deref(), Some("main.py"));
+    helix.assert_no_violations();
+}
+
+/// Helix's status line keeps a message only until the next: the invite that `duet.createRoom`
+/// shows is gone at once. The readable status is a file Helix opens (`duet.status`), with the
+/// invite on a line of its own to copy, the peers with their files and lines, the shared
+/// files, and the messages that went by; while offline every shared file carries a warning
+/// that lasts until the connection is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helix_reads_the_status_the_invite_and_a_lasting_offline_sign() {
+    let (_db, mut server) = start_server().await;
+    // As the shipped languages.toml configures duet.
+    let config = parse(&read("languages.toml"), "languages.toml");
+    let options = serde_json::to_value(&config["language-server"]["duet"]["config"]).unwrap();
+    let helix = FakeEditor::builder(Kind::Helix)
+        .label("helix-status")
+        .init_options(options)
+        .start()
+        .await;
+    helix.open("main.py", MAIN);
+    let created = helix
+        .execute_command("duet.createRoom", serde_json::json!([server.url("")]))
+        .await
+        .unwrap_or_else(|e| panic!("duet.createRoom: {e}\n{}", helix.report()));
+    let invite = created["invite"].as_str().expect("an invite").to_string();
+    helix.wait_connected(WAIT).await;
+    let line = helix.status_line().unwrap_or_default();
+    assert!(
+        line.contains("joined room"),
+        "the status line moved on to: {line:?}"
+    );
+    let status_file = helix.workspace().join(".duet/status.md");
+    let text = std::fs::read_to_string(&status_file).unwrap_or_default();
+    assert!(
+        text.lines().any(|l| l == invite),
+        "the invite on a line of its own in {}:\n{text}",
+        status_file.display()
+    );
+
+    let room = duet_e2e::server::RoomRef {
+        id: invite
+            .split("/ws/")
+            .nth(1)
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .into(),
+        token: invite.split("token=").nth(1).unwrap().into(),
+    };
+    let bob = YClient::join(&server.ws_url(&room)).await;
+    bob.set_presence(presence("bob", "main.py", utf16_at(MAIN, "print")));
+    let status = eventually(WAIT, "bob in the status", || async {
+        let status = helix
+            .execute_command("duet.status", serde_json::json!([]))
+            .await
+            .ok()?;
+        status["text"]
+            .as_str()?
+            .contains("- bob — main.py:2")
+            .then_some(status)
+    })
+    .await;
+    eventually(WAIT, "the status opened in Helix", || async {
+        helix.shown().filter(|(path, _)| path == ".duet/status.md")
+    })
+    .await;
+    assert!(helix.is_open(".duet/status.md"));
+    let text = std::fs::read_to_string(&status_file).unwrap();
+    assert_eq!(Some(text.as_str()), status["text"].as_str());
+    for needle in [
+        "· connected since ",
+        "- main.py — shared",
+        "room created",
+        "duet-lsp.log",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+    // docs/screenshots/helix-status.md is this file.
+    let snapshot = std::env::var_os("DUET_HELIX_STATUS_SNAPSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("duet-helix-status.md"));
+    std::fs::write(&snapshot, &text).expect("snapshot");
+    // The status file itself is not shared.
+    assert!(server.file(&room, ".duet/status.md").await.is_none());
+
+    server.terminate().await;
+    let main_uri = helix.uri("main.py");
+    let warning = helix
+        .wait_received_after(0, "the offline warning", Duration::from_secs(20), |m, p| {
+            m == "textDocument/publishDiagnostics"
+                && p["uri"].as_str() == Some(main_uri.as_str())
+                && p["diagnostics"].as_array().is_some_and(|d| {
+                    d.iter().any(|d| {
+                        d["severity"] == 2
+                            && d["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("offline since"))
+                    })
+                })
+        })
+        .await;
+    let mark = helix.mark();
+    helix.type_text("main.py", 0, "# offline\n").await;
+    // The sign lasts: nothing takes it back while offline.
+    assert!(!helix.received()[mark..]
+        .iter()
+        .any(|r| r.method == "textDocument/publishDiagnostics"
+            && r.params["uri"] == warning.params["uri"]
+            && !r.params.to_string().contains("offline since")));
+    eventually(WAIT, "offline in the status file", || async {
+        std::fs::read_to_string(&status_file)
+            .ok()?
+            .contains("· offline since ")
+            .then_some(())
+    })
+    .await;
+    server.restart().await;
+    helix.wait_connected(Duration::from_secs(30)).await;
+    helix
+        .wait_received_after(mark, "the offline warning gone", WAIT, |m, p| {
+            m == "textDocument/publishDiagnostics"
+                && p["uri"] == warning.params["uri"]
+                && !p.to_string().contains("offline since")
+        })
+        .await;
+    wait_server_file(
+        &server,
+        &room,
+        "main.py",
+        &format!("# offline\n{MAIN}"),
+        WAIT,
+        &[&helix],
+    )
+    .await;
+    helix.assert_no_violations();
 }

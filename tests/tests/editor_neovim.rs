@@ -118,19 +118,24 @@ async fn commands_statusline_follow_and_health() {
     nv.wait_note("A", &format!("joined room {short}"), None)
         .await;
 
-    // :DuetStatus: formatted, not the bridge's JSON, in a floating window.
+    // :DuetStatus: the bridge's readable status in a floating window, not its one-line
+    // summary as a message.
     nv.cmd("A", "DuetStatus").await;
-    let status = nv
-        .wait_float("A", &format!("connected, room {}", room.id))
-        .await;
-    assert!(status.contains("files: main.py"), "{status}");
-    assert!(status.contains("peers: none"), "{status}");
+    let status = nv.wait_float("A", &format!("- room: {}", room.id)).await;
+    for needle in [
+        &format!("duet: room {short} · connected since "),
+        "- main.py — shared",
+        "nobody else is in the room",
+        &server.ws_url(&room),
+    ] {
+        assert!(status.contains(needle), "{needle:?} missing from {status}");
+    }
     assert!(
         !nv.notes("A")
             .await
             .iter()
-            .any(|(_, m)| m.starts_with("duet: {")),
-        "the bridge's raw status JSON is not shown"
+            .any(|(_, m)| m.starts_with("duet: status: ")),
+        "the bridge's summary is not shown beside the status"
     );
 
     // A peer arrives with a cursor on `print` (line 2, column 5).

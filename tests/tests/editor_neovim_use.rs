@@ -83,6 +83,19 @@ async fn wait_lines(nv: &mut Nvims, name: &str, file: &str, lines: &[&str]) {
     .await;
 }
 
+/// Waits until Neovim `name` has a loaded buffer for `file`.
+async fn wait_buffer(nv: &mut Nvims, file: &str) {
+    nv.wait_for(
+        "A",
+        &format!("a buffer for {file}"),
+        "local b = vim.fn.bufnr(...) return b ~= -1 and vim.api.nvim_buf_is_loaded(b)",
+        json!([file]),
+        WAIT,
+        |loaded| *loaded == json!(true),
+    )
+    .await;
+}
+
 /// Waits until the server's copy of `file` is `text`.
 async fn wait_server(server: &Server, room: &RoomRef, file: &str, text: &str) {
     let what = format!("the server's {file} to read {text:?}");
@@ -406,7 +419,7 @@ async fn no_message_takes_a_key() {
 
     // What the user asks for, several lines long, takes no key either.
     nv.input("A", ":DuetStatus<CR>").await;
-    nv.wait_float("A", "duet: offline, room").await;
+    nv.wait_float("A", "· offline since ").await;
     nv.input("A", "A!<Esc>").await;
     wait_lines(&mut nv, "A", file, &["startbefore after!"]).await;
     assert_not_blocked(&mut nv, "A", "after :DuetStatus").await;
@@ -604,10 +617,9 @@ async fn a_failed_join_keeps_the_room() {
     assert!(note.contains("token"), "{note}");
     assert_eq!(nv.statusline("A").await, statusline);
     nv.cmd("A", "DuetStatus").await;
-    let status = nv
-        .wait_float("A", &format!("connected, room {}", room.id))
-        .await;
-    assert!(status.contains("peers: bob"), "{status}");
+    let status = nv.wait_float("A", &format!("- room: {}", room.id)).await;
+    assert!(status.contains("· connected since "), "{status}");
+    assert!(status.contains("- bob — "), "{status}");
 
     // Typing goes on, both ways.
     nv.input("A", "Goafter<Esc>").await;
@@ -790,5 +802,154 @@ async fn history_diff_restore_and_what_changed_while_away() {
         "{windows:?}"
     );
     assert_eq!(windows[1], "duet://away/notes.txt=one|two");
+    nv.quit().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Room files and peers a newcomer does not have.
+
+/// The room holds files ann's folder lacks; bob (a stock Yjs client) is in one of them.
+/// `:DuetPeers` says where bob is; `:DuetJump bob` opens his file — created in the folder from
+/// the room's text — at his cursor; a file opened with `:e` that the folder lacks gets the
+/// room's text, and bob's label sits at his cursor there, not at line 1; `:DuetFiles` offers the
+/// room's files through `vim.ui.select` (a picker plugin stands in for Neovim's own) and opens
+/// the one picked; a file bob adds is announced; typing in an opened file reaches the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_finds_the_rooms_files_and_its_peers() {
+    const MAIN: &str = "import util\nprint(util.f())\n";
+    const UTIL: &str = "def f():\n    return 1\n";
+    const NOTES: &str = "# notes\nfirst point\n";
+    const TODO: &str = "write tests\n";
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    let room = server
+        .create_room_with(&[
+            ("main.py", MAIN),
+            ("lib/util.py", UTIL),
+            ("docs/notes.md", NOTES),
+            ("todo.txt", TODO),
+        ])
+        .await;
+    let (ws, mut nv) = ann_joins(
+        "nvim-newcomer",
+        &[("main.py", MAIN)],
+        &["main.py"],
+        &server.ws_url(&room),
+    )
+    .await;
+    let bob = YClient::join(&server.ws_url(&room)).await;
+    let at = |text: &str, needle: &str| text[..text.find(needle).unwrap()].encode_utf16().count();
+    let presence = |file: &str, at: usize| {
+        json!({"user": {"name": "bob", "color": "#61afef"},
+               "cursor": {"file": file, "anchor": at, "head": at}})
+    };
+    bob.set_presence(presence("lib/util.py", at(UTIL, "return")));
+    let short = &room.id[..8];
+    nv.wait_statusline("A", &format!("duet: {short} · 1 peer"))
+        .await;
+
+    nv.cmd("A", "DuetPeers").await;
+    let peers = nv.wait_float("A", "duet: 1 peer").await;
+    assert!(
+        peers.contains("lib/util.py line 2 (not open here)"),
+        "{peers}"
+    );
+
+    nv.cmd("A", "DuetJump bob").await;
+    wait_buffer(&mut nv, "lib/util.py").await;
+    wait_lines(&mut nv, "A", "lib/util.py", &["def f():", "    return 1"]).await;
+    wait_cursor(&mut nv, "A", 2, 4).await;
+    assert_eq!(
+        std::fs::read_to_string(ws.0.join("lib/util.py"))
+            .ok()
+            .as_deref(),
+        Some(UTIL)
+    );
+
+    // A file the folder lacks, opened by hand while bob is in it: the room's text arrives,
+    // and bob's label is drawn at his cursor (line 2), not where the empty buffer put it.
+    bob.set_presence(presence("docs/notes.md", at(NOTES, "point")));
+    nv.cmd("A", "edit docs/notes.md").await;
+    wait_lines(&mut nv, "A", "docs/notes.md", &["# notes", "first point"]).await;
+    nv.wait_for(
+        "A",
+        "bob's label at his cursor in notes.md",
+        "local ns = vim.api.nvim_get_namespaces().duet_peers
+         local out = {}
+         for _, m in ipairs(vim.api.nvim_buf_get_extmarks(vim.fn.bufnr('docs/notes.md'), ns, 0, -1, { details = true })) do
+           if m[4].virt_text then table.insert(out, { m[2], m[3] }) end
+         end
+         return out",
+        json!([]),
+        WAIT,
+        |marks| *marks == json!([[1, 6]]),
+    )
+    .await;
+
+    // :DuetFiles through vim.ui.select, as a picker plugin would answer it: todo.txt.
+    nv.lua(
+        "A",
+        "vim.ui.select = function(items, opts, on_choice)
+           _G.offered = {}
+           for _, item in ipairs(items) do
+             table.insert(_G.offered, opts.format_item and opts.format_item(item) or item)
+           end
+           for i, item in ipairs(items) do
+             if item == 'todo.txt' then return on_choice(item, i) end
+           end
+         end",
+        json!([]),
+    )
+    .await;
+    nv.cmd("A", "DuetFiles").await;
+    wait_buffer(&mut nv, "todo.txt").await;
+    wait_lines(&mut nv, "A", "todo.txt", &["write tests"]).await;
+    let offered = nv.lua("A", "return _G.offered", json!([])).await;
+    assert_eq!(
+        offered,
+        json!([
+            "docs/notes.md",
+            "lib/util.py",
+            "main.py",
+            "todo.txt  (not in your folder yet)"
+        ]),
+        "the room's files, those the folder lacks marked"
+    );
+    assert_eq!(
+        nv.lua("A", "return vim.fn.expand('%:t')", json!([])).await,
+        json!("todo.txt")
+    );
+    assert!(ws.0.join("todo.txt").exists());
+
+    bob.insert("ideas.txt", 0, "more\n");
+    nv.wait_note("A", "duet: new in the room: ideas.txt", None)
+        .await;
+
+    nv.input("A", "ggOtest the newcomer<Esc>").await;
+    wait_server(
+        &server,
+        &room,
+        "todo.txt",
+        "test the newcomer\nwrite tests\n",
+    )
+    .await;
+
+    // :DuetStatus: bob where he is, the files, the invite.
+    nv.cmd("A", "DuetStatus").await;
+    let status = nv.wait_float("A", "- bob — docs/notes.md:2").await;
+    for needle in [
+        format!("- room: {}", room.id),
+        server.ws_url(&room),
+        "- ideas.txt".into(),
+        "- lib/util.py — shared".into(),
+        "- todo.txt — shared".into(),
+    ] {
+        assert!(status.contains(&needle), "{needle:?} missing from {status}");
+    }
+    // docs/screenshots/neovim-status.txt is this window's text.
+    let snapshot = std::env::var_os("DUET_NEOVIM_STATUS_SNAPSHOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("duet-neovim-status.txt"));
+    std::fs::write(&snapshot, &status).expect("snapshot");
     nv.quit().await;
 }

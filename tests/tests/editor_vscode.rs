@@ -104,7 +104,8 @@ impl VsCode {
     /// Starts VS Code on a workspace of its own holding `files`, with the extension's
     /// `settings` (plus this build's bridge as `duet.path`, and the LSP traffic in VS Code's
     /// logs, kept when a test fails), and waits (bounded) until it shows `main.py` with the
-    /// extension up.
+    /// extension up. `"duet.path": null` in `settings` leaves `duet.path` unset and puts the
+    /// bridge where `cargo install` would (`~/.cargo/bin` of VS Code's home), off its `PATH`.
     async fn start(label: &str, files: &[(&str, &str)], settings: Value) -> (VsCode, Value) {
         let turn = ONE_AT_A_TIME.lock().await;
         let dir = TempDir::new(label);
@@ -114,14 +115,26 @@ impl VsCode {
             std::fs::write(workspace_dir.join(file), text).expect("workspace file");
         }
         let mut settings = settings;
-        settings["duet.path"] = json!(binary("duet-lsp"));
+        let cargo_installed = settings.get("duet.path") == Some(&Value::Null);
+        let scratch = dir.0.join("code");
+        if cargo_installed {
+            settings
+                .as_object_mut()
+                .expect("settings")
+                .remove("duet.path");
+            // The driver makes `scratch/home` VS Code's home.
+            let bin = scratch.join("home/.cargo/bin");
+            std::fs::create_dir_all(&bin).expect("cargo bin");
+            std::os::unix::fs::symlink(binary("duet-lsp"), bin.join("duet-lsp")).expect("link");
+        } else {
+            settings["duet.path"] = json!(binary("duet-lsp"));
+        }
         settings["duet.trace.server"] = json!("verbose");
         std::fs::write(
             workspace_dir.join(".vscode/settings.json"),
             serde_json::to_string_pretty(&settings).expect("json"),
         )
         .expect("settings");
-        let scratch = dir.0.join("code");
         std::fs::create_dir_all(&scratch).expect("scratch");
         let code_server = code_server_dir();
         assert!(
@@ -152,6 +165,15 @@ impl VsCode {
             .env("DUET_LOG", "debug")
             .env("DUET_LOG_FILE", scratch.join("duet-lsp.log"))
             .stderr(log);
+        if cargo_installed {
+            // No duet-lsp on the PATH VS Code gets, and `~/.cargo/bin` is its home's.
+            let path = std::env::var("PATH").unwrap_or_default();
+            let kept: Vec<&str> = path
+                .split(':')
+                .filter(|dir| !Path::new(dir).join("duet-lsp").exists())
+                .collect();
+            command.env("PATH", kept.join(":")).env_remove("CARGO_HOME");
+        }
         // code-server's and Chromium's process groups, to kill when the test ends even if the
         // driver died: recorded as the driver announces them, whoever reads the events.
         let groups: Arc<Mutex<Vec<u32>>> = Arc::default();
@@ -258,6 +280,24 @@ impl VsCode {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Polls what is on screen (`dom`: the status bar, the notifications, the active tab and
+    /// its lines) until `check` holds; returns it.
+    async fn wait_dom(&mut self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let dom = self.call(json!({"cmd": "dom"})).await;
+            if check(&dom) {
+                return dom;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!(
+                    "timed out after {WAIT:?} waiting for {what}; on screen: {dom:#}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -637,14 +677,7 @@ async fn vscode_types_while_a_peer_edits_the_same_file() {
         })
         .await;
 
-    let screenshot = std::env::var_os("DUET_VSCODE_SCREENSHOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            binary("duet-lsp")
-                .parent()
-                .expect("target dir")
-                .join("vscode-e2e.png")
-        });
+    let screenshot = screenshot_path("DUET_VSCODE_SCREENSHOT", "vscode-e2e.png");
     vscode
         .call(json!({"cmd": "screenshot", "path": screenshot}))
         .await;
@@ -1213,4 +1246,158 @@ async fn vscode_room_history_restore_and_what_changed_while_away() {
 
     vscode.quit().await;
     eprintln!("VS Code history test done in {:?}", started.elapsed());
+}
+
+/// Where a screenshot goes: the file `variable` names, else `name` in the target directory.
+fn screenshot_path(variable: &str, name: &str) -> PathBuf {
+    std::env::var_os(variable)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| binary("duet-lsp").parent().expect("target dir").join(name))
+}
+
+/// Whether the status bar has an item containing `piece`.
+fn status_bar_has(dom: &Value, piece: &str) -> bool {
+    dom["statusBar"].as_array().is_some_and(|items| {
+        items
+            .iter()
+            .any(|i| i.as_str().is_some_and(|t| t.contains(piece)))
+    })
+}
+
+/// A newcomer in VS Code, as found by hand: `duet-lsp` where `cargo install` put it (not on
+/// VS Code's PATH) is used, and saving it is offered; "Open a room file…" lists the room's
+/// files, those the folder lacks marked, and opens the one picked with the room's text,
+/// creating it; a file a peer adds is announced; "Jump to a peer…" says where the peer is and
+/// goes there, creating their file too; "Show status" shows the whole status; offline, a
+/// notification says so and closes once "back online" shows, and the status bar shows no peer
+/// count meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vscode_newcomer_finds_the_bridge_the_rooms_files_and_its_peers() {
+    let started = Instant::now();
+    let db = Database::new(Backend::Sqlite);
+    let mut server = Server::start(&db, &[]).await;
+    let main = "import util\nprint(util.f())\n";
+    let util = "def f():\n    return 41 + 1\n";
+    let notes = "# notes\nfirst point\n";
+    let room = server
+        .create_room_with(&[
+            ("main.py", main),
+            ("lib/util.py", util),
+            ("docs/notes.md", notes),
+        ])
+        .await;
+    let bob = YClient::join(&server.ws_url(&room)).await;
+    let at = notes[..notes.find("point").unwrap()].encode_utf16().count();
+    bob.set_presence(json!({"user": {"name": "bob", "color": "#61afef"},
+        "cursor": {"file": "docs/notes.md", "anchor": at, "head": at}}));
+
+    let settings =
+        json!({"duet.invite": server.ws_url(&room), "duet.name": "vera", "duet.path": null});
+    let (mut vscode, _) = VsCode::start("vscode-newcomer", &[("main.py", main)], settings).await;
+    let workspace_dir = vscode.scratch.parent().expect("dir").join("ws");
+    vscode
+        .wait_notification(&["not on the PATH", ".cargo/bin/duet-lsp", "duet.path"])
+        .await;
+    let short = &room.id[..8];
+    vscode
+        .wait_dom("VS Code in the room with bob", |d| {
+            status_bar_has(d, &format!("duet {short} · connected · 1 peer"))
+        })
+        .await;
+
+    // Open a room file…: the list, then lib/util.py, which the folder lacks.
+    let picked = vscode
+        .call(json!({"cmd": "palette", "command": "duet: Open a room file", "pick": "lib/util.py"}))
+        .await;
+    let rows = picked["rows"].to_string();
+    assert!(
+        rows.contains("lib/util.py")
+            && rows.contains("not in your folder yet")
+            && rows.contains("main.py"),
+        "{rows}"
+    );
+    vscode
+        .wait_dom("lib/util.py open with the room's text", |d| {
+            d["activeTab"] == "util.py"
+                && d["viewLines"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("return 41 + 1"))
+        })
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(workspace_dir.join("lib/util.py"))
+            .ok()
+            .as_deref(),
+        Some(util)
+    );
+
+    // A file bob adds.
+    bob.insert("ideas.txt", 0, "more\n");
+    vscode
+        .wait_notification(&["duet: new in the room: ideas.txt"])
+        .await;
+
+    // Jump to a peer…: where bob is, then there (docs/notes.md, which the folder lacks).
+    let picked = vscode
+        .call(json!({"cmd": "palette", "command": "duet: Jump to a peer", "pick": "bob"}))
+        .await;
+    let rows = picked["rows"].to_string();
+    assert!(rows.contains("docs/notes.md:2"), "where bob is: {rows}");
+    assert!(!rows.contains("no file open"), "{rows}");
+    vscode
+        .wait_dom("bob's file open", |d| {
+            d["activeTab"] == "notes.md"
+                && d["viewLines"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("first point"))
+        })
+        .await;
+    assert!(workspace_dir.join("docs/notes.md").exists());
+
+    // Show status: the whole status, in a read-only tab.
+    vscode
+        .call(json!({"cmd": "palette", "command": "duet: Show status"}))
+        .await;
+    let dom = vscode
+        .wait_dom("the status tab", |d| {
+            d["activeTab"] == "duet status.md"
+                && d["viewLines"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("- bob — docs/notes.md:2"))
+        })
+        .await;
+    // (Markdown wraps long lines, such as the invite's, on screen.)
+    let shown = dom["viewLines"]
+        .as_str()
+        .unwrap_or_default()
+        .replace('\n', "");
+    for needle in [
+        format!("room {short} · connected since"),
+        server.ws_url(&room),
+        "- lib/util.py — shared".to_string(),
+    ] {
+        assert!(shown.contains(&needle), "{needle:?} missing from {shown}");
+    }
+    // docs/screenshots/vscode-status.png is this view.
+    let screenshot = screenshot_path("DUET_VSCODE_STATUS_SCREENSHOT", "vscode-status.png");
+    vscode
+        .call(json!({"cmd": "screenshot", "path": screenshot}))
+        .await;
+
+    // Offline: said until back online; no peer count meanwhile.
+    server.terminate().await;
+    let dom = vscode
+        .wait_dom("offline", |d| status_bar_has(d, "· offline"))
+        .await;
+    assert!(!status_bar_has(&dom, "peer"), "{dom:#}");
+    vscode.wait_notification(&["duet: offline ("]).await;
+    server.restart().await;
+    vscode.wait_notification(&["back online"]).await;
+    vscode
+        .wait_dom("the offline notification gone", |d| {
+            !d["notifications"].to_string().contains("duet: offline (")
+        })
+        .await;
+    vscode.quit().await;
+    eprintln!("VS Code newcomer test done in {:?}", started.elapsed());
 }

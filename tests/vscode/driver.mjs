@@ -20,7 +20,7 @@
 //                                               ... or types into the input box it opens
 //   {"cmd":"state"}                             the extension's state (duet._testState)
 //   {"cmd":"sleep","ms":500}                    waits (to sequence commands)
-//   {"cmd":"dom"}                               {statusBar, notifications: [texts], viewLines}
+//   {"cmd":"dom"}                               {statusBar, notifications: [texts], viewLines, activeTab}
 //   {"cmd":"notifications"}                     {toasts: [texts]}, the notifications on screen
 //   {"cmd":"screenshot","path":"x.png"}
 //   {"cmd":"quit"}                              closes everything, then exits 0
@@ -329,6 +329,7 @@ async function handle(command) {
         statusBar: await page.$$eval('.statusbar-item', (items) => items.map((i) => i.textContent.trim()).filter(Boolean)),
         notifications: await page.$$eval('.notifications-toasts .notification-list-item-message', (items) => items.map((i) => i.textContent.trim())),
         viewLines: (await page.innerText('.editor-instance .monaco-editor .view-lines')).replace(/\u00a0/g, ' '),
+        activeTab: await page.$$eval('.tab.active .label-name', (tabs) => tabs.map((t) => t.textContent.trim()).join('')),
       };
     case 'notifications':
       return {

@@ -23,7 +23,7 @@ import {
   TextDocumentEdit,
 } from 'vscode-languageclient/node';
 
-/** `duet/status`, as the bridge sends it (`duet.status` adds `invite`). */
+/** `duet/status`, as the bridge sends it (`duet.status` adds `invite` and the readable `text`). */
 interface Status {
   state: 'connected' | 'connecting' | 'offline' | 'idle';
   room?: string;
@@ -31,6 +31,7 @@ interface Status {
   invite?: string;
   peers?: { name: string; color: string }[];
   files?: string[];
+  text?: string;
 }
 
 interface Position {
@@ -88,6 +89,13 @@ const CURSOR_INTERVAL_MS = 50;
  */
 const STATUS_BAR_MESSAGES = ['duet: nothing of yours to '];
 const STATUS_BAR_MESSAGE_MS = 5000;
+/** The read-only documents that show the status. */
+const STATUS_SCHEME = 'duet-status';
+/** The start of the bridge's message for our own `duet.status` (we show the status whole instead). */
+const STATUS_MESSAGE = 'duet: status: ';
+/** The bridge's message when a peer adds a file to the room; the file's path follows it. */
+const NEW_FILE_MESSAGE = 'duet: new in the room: ';
+
 /** Whether a bridge message says the connection is down: it is shown until it is back. */
 function saysOffline(message: string): boolean {
   return message.startsWith('duet: offline (') || (message.startsWith('duet: cannot reach ') && message.includes('still trying'));
@@ -119,6 +127,9 @@ class Duet {
   private following: number | undefined;
   private followedUri: string | undefined;
   private readonly messages: Message[] = [];
+  /** The last status the bridge gave, shown read-only as `duet-status:` (see `showStatus`). */
+  private statusText = '';
+  private readonly statusChanged = new vscode.EventEmitter<vscode.Uri>();
   /** Ends the notification that says we are offline (or cannot reach the server yet). */
   private endOfflineNotice: (() => void) | undefined;
   /** Bridge messages not to pop up while (and shortly after) a command of ours is running. */
@@ -154,6 +165,8 @@ class Duet {
     command('duet.leaveRoom', () => this.leaveRoom());
     command('duet.copyInvite', () => this.copyInvite());
     command('duet.showPeers', () => this.showPeers());
+    command('duet.jumpToPeer', () => this.showPeers());
+    command('duet.openRoomFile', () => this.openRoomFile());
     command('duet.followPeer', (who?: number | string) => this.followPeer(who));
     command('duet.undo', () => this.undo('undo'));
     command('duet.redo', () => this.undo('redo'));
@@ -171,6 +184,11 @@ class Duet {
     );
 
     context.subscriptions.push(
+      vscode.workspace.registerTextDocumentContentProvider(STATUS_SCHEME, {
+        onDidChange: this.statusChanged.event,
+        provideTextDocumentContent: () => this.statusText,
+      }),
+      this.statusChanged,
       this.output,
       this.statusItem,
       vscode.window.onDidChangeTextEditorSelection((e) => this.selectionChanged(e)),
@@ -420,7 +438,7 @@ class Duet {
   }
 
   private async copyInvite(): Promise<void> {
-    const status: Status | undefined = await this.execute('duet.status', [], 'duet: {');
+    const status: Status | undefined = await this.execute('duet.status', [], STATUS_MESSAGE);
     const invite = status?.invite;
     if (!invite) {
       void vscode.window.showInformationMessage('duet: not in a room. Create one or join one first.');
@@ -430,17 +448,47 @@ class Duet {
     void vscode.window.showInformationMessage('duet: invite copied to the clipboard.');
   }
 
+  /**
+   * The bridge's status, whole (room, server, connection and since when, peers, files, the
+   * invite, recent messages), in a read-only editor tab that can be read and copied from.
+   */
   private async showStatus(): Promise<void> {
-    const status: Status | undefined = await this.execute('duet.status', [], 'duet: {');
-    if (status) {
-      const lines = [
-        `state: ${status.state}`,
-        status.room ? `room: ${status.room}` : undefined,
-        status.server ? `server: ${status.server}` : undefined,
-        `peers: ${(status.peers ?? []).map((p) => p.name).join(', ') || 'none'}`,
-        status.files ? `files: ${status.files.length}` : undefined,
-      ].filter(Boolean);
-      void vscode.window.showInformationMessage(`duet: ${lines.join(' · ')}`);
+    const status: Status | undefined = await this.execute('duet.status', [], STATUS_MESSAGE);
+    if (status?.text) {
+      this.statusText = status.text;
+      const uri = vscode.Uri.from({ scheme: STATUS_SCHEME, path: 'duet status.md' });
+      this.statusChanged.fire(uri);
+      const document = await vscode.workspace.openTextDocument(uri);
+      await vscode.languages.setTextDocumentLanguage(document, 'markdown');
+      await vscode.window.showTextDocument(document, { preview: true });
+    }
+  }
+
+  /**
+   * "Open a room file…": the room's files in a quick pick; the bridge opens the one picked,
+   * first creating it in the folder with the room's text if the folder lacks it.
+   */
+  private async openRoomFile(): Promise<void> {
+    const status: Status | undefined = await this.execute('duet.status', [], STATUS_MESSAGE);
+    if (!status) {
+      return;
+    }
+    if (status.state === 'idle' || !status.files?.length) {
+      void vscode.window.showInformationMessage(status.state === 'idle' ? 'duet: not in a room.' : 'duet: the room has no files.');
+      return;
+    }
+    const root = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
+    const items = status.files.map((file) => ({
+      label: `$(file) ${file}`,
+      description: root && fs.existsSync(path.join(root, file)) ? undefined : 'not in your folder yet',
+      file,
+    }));
+    const picked = await vscode.window.showQuickPick(items, {
+      title: `duet: open a file of room ${shortRoom(status.room)}`,
+      placeHolder: 'A file your folder lacks is created with the room\'s text',
+    });
+    if (picked) {
+      await this.execute('duet.openFile', [picked.file]);
     }
   }
 
@@ -532,22 +580,19 @@ class Duet {
   /** Shows the peer's cursor: opens their file if it is not the active one. */
   private async reveal(peer: Peer, open: boolean): Promise<void> {
     if (!peer.uri || !peer.range) {
-      if (!open) {
-        return;
-      }
-      if (!peer.path) {
+      if (open) {
         void vscode.window.showInformationMessage(`duet: ${peer.name} has no file open.`);
-      } else if (peer.uri && fs.existsSync(vscode.Uri.parse(peer.uri).fsPath)) {
-        // Opening it shares it; the bridge then says where in it the peer is.
-        await vscode.window.showTextDocument(vscode.Uri.parse(peer.uri), { preserveFocus: false, preview: true });
-      } else {
-        void vscode.window.showInformationMessage(
-          `duet: ${peer.name} is in ${peer.path}, a file of the room that is not in your folder.`,
-        );
       }
       return;
     }
     const uri = vscode.Uri.parse(peer.uri);
+    if (uri.scheme === 'file' && !fs.existsSync(uri.fsPath)) {
+      // A file of the room your folder lacks: the bridge creates it and shows the peer's cursor.
+      if (open) {
+        await this.execute('duet.jump', [peer.clientId]);
+      }
+      return;
+    }
     const range = toRange(peer.range);
     let editor = vscode.window.visibleTextEditors.find((e) => sameUri(e.document.uri, uri));
     if (!editor || (open && vscode.window.activeTextEditor !== editor)) {
@@ -734,6 +779,15 @@ class Duet {
     }
     if (saysOffline(message.message)) {
       this.showOfflineNotice(message.message);
+      return;
+    }
+    if (message.message.startsWith(NEW_FILE_MESSAGE)) {
+      const file = message.message.slice(NEW_FILE_MESSAGE.length).trim();
+      void vscode.window.showInformationMessage(message.message, 'Open').then((choice) => {
+        if (choice) {
+          void this.execute('duet.openFile', [file]);
+        }
+      });
       return;
     }
     switch (message.type) {
@@ -928,7 +982,7 @@ class Duet {
 
   private where(peer: Peer): string {
     if (!peer.uri || !peer.range) {
-      return peer.path ? `${peer.path} (not open here)` : '';
+      return peer.path ?? '';
     }
     const file = vscode.workspace.asRelativePath(vscode.Uri.parse(peer.uri));
     return `${file}:${peer.range.end.line + 1}`;

@@ -1,5 +1,6 @@
-//! The commands (`workspace/executeCommand`): join, create and leave a room, the status, and
-//! undo/redo of the user's own edits; the history's are in [`super::history`].
+//! The commands (`workspace/executeCommand`): join, create and leave a room, the status, open
+//! a room file, jump to or follow a peer, and undo/redo of the user's own edits; the history's
+//! are in [`super::history`].
 
 use std::time::Duration;
 
@@ -9,7 +10,6 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 use tower_lsp::lsp_types::*;
 
-use super::room::Connectivity;
 use super::{CommandResult, Event, Session, ToEditor};
 use crate::config::{host_of, Invite, InviteError};
 use crate::encoding;
@@ -19,11 +19,14 @@ use crate::tls;
 
 use super::history::http_client;
 
-pub const COMMANDS: [&str; 12] = [
+pub const COMMANDS: [&str; 15] = [
     "duet.createRoom",
     "duet.joinRoom",
     "duet.leaveRoom",
     "duet.status",
+    "duet.openFile",
+    "duet.jump",
+    "duet.follow",
     "duet.undo",
     "duet.redo",
     "duet.versions",
@@ -104,11 +107,13 @@ impl Session {
                 );
                 Ok(None)
             }
+            "duet.openFile" => self.open_file(argument.as_deref()),
+            "duet.jump" => self.jump(&params.arguments),
+            "duet.follow" => self.follow(&params.arguments),
             "duet.undo" => self.undo(&params.arguments, History::Undo),
             "duet.redo" => self.undo(&params.arguments, History::Redo),
             "duet.status" => {
-                let mut status = self.status_value();
-                self.show(MessageType::INFO, format!("duet: {status}"));
+                let mut status = self.status_command();
                 if let Some(room) = &self.room {
                     // Compare with `sha256sum`, or with another bridge's status: equal digests,
                     // equal texts.
@@ -257,34 +262,5 @@ impl Session {
             .await;
             let _ = events.send(Event::RoomCreated(result, reply));
         });
-    }
-
-    fn status_value(&self) -> Value {
-        match &self.room {
-            Some(room) => json!({
-                "state": match room.connectivity {
-                    Connectivity::Connecting => "connecting",
-                    Connectivity::Synced => "connected",
-                    Connectivity::Offline => "offline",
-                },
-                "room": room.invite.room,
-                "server": room.invite.server,
-                "invite": room.invite.to_invite_string(),
-                "peers": room.replica.peers().iter().map(|p| json!({"name": p.name, "color": p.color})).collect::<Vec<_>>(),
-                "files": room.replica.paths(),
-            }),
-            None => json!({"state": "idle"}),
-        }
-    }
-
-    pub(super) fn status(&mut self) {
-        let mut status = self.status_value();
-        if let Some(o) = status.as_object_mut() {
-            o.remove("invite");
-        }
-        if self.status_sent.as_ref() != Some(&status) {
-            self.status_sent = Some(status.clone());
-            self.tell(ToEditor::Status(status));
-        }
     }
 }

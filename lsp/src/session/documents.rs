@@ -11,6 +11,7 @@ use tower_lsp::lsp_types::*;
 use super::{tick_at, Document, Session, ToEditor};
 use crate::encoding;
 use crate::shadow::Shadow;
+use crate::workspace::NotShared;
 
 /// How long after a rejection that no `didChange` explained an edit is sent again, unchecked:
 /// long enough for a completion preview's own `didChange` (if the user accepts) to come first.
@@ -66,7 +67,7 @@ impl Session {
             }
             Ok(path) => Some(path),
             Err(why) => {
-                if self.room.is_some() {
+                if self.room.is_some() && !matches!(why, NotShared::StatusFile) {
                     self.show(
                         MessageType::INFO,
                         format!("duet: {} is not shared: {why}", item.uri),
@@ -87,6 +88,7 @@ impl Session {
                 linked: false,
                 retry_at: None,
                 undo_cursor: None,
+                peers_when_settled: false,
             },
         );
         self.link(&item.uri);
@@ -150,6 +152,9 @@ impl Session {
                     self.resync(&uri);
                 }
             }
+            if typed_at.is_some() {
+                self.stop_following("you typed");
+            }
             if !self.cursor_from_editor {
                 // Editors without our plugin do not say where the cursor is: use where the
                 // user just typed (the echo of a peer's edit is not the user's cursor).
@@ -201,9 +206,15 @@ impl Session {
         let edit = match doc.shadow.next_apply_edit() {
             Ok(Some(edit)) => edit,
             Ok(None) => {
-                if let Some(at) = doc.undo_cursor.filter(|_| doc.shadow.is_settled()) {
-                    doc.undo_cursor = None;
+                if !doc.shadow.is_settled() {
+                    return;
+                }
+                let peers = std::mem::take(&mut doc.peers_when_settled);
+                if let Some(at) = doc.undo_cursor.take() {
                     self.show_cursor(uri, at);
+                }
+                if peers {
+                    self.publish_peers();
                 }
                 return;
             }

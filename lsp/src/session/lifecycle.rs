@@ -31,6 +31,9 @@ impl Session {
             .client_info
             .as_ref()
             .is_some_and(|c| c.name.eq_ignore_ascii_case("helix"));
+        if self.helix {
+            crate::logging::for_helix();
+        }
         self.workspace = Workspace::from_initialize(&params);
         let mut settings = Settings::default();
         if let Some(file) = find_duet_toml(self.workspace.root()) {
@@ -76,6 +79,7 @@ impl Session {
                     },
                 )),
                 completion_provider: Some(CompletionOptions::default()),
+                workspace_symbol_provider: Some(OneOf::Left(true)),
                 execute_command_provider: Some(ExecuteCommandOptions {
                     commands: COMMANDS.iter().map(|c| c.to_string()).collect(),
                     ..ExecuteCommandOptions::default()

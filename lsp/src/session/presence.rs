@@ -1,16 +1,21 @@
 //! Presence: our cursor out to the room (from our editor plugins' `duet/cursor`, or where the
 //! user last typed), at most every [`PRESENCE_INTERVAL`]; everyone else's in, to the editor
-//! (`duet/peers`, the status, and hint diagnostics when asked for).
+//! (`duet/peers`, the status, and hint diagnostics when asked for); going to a peer's cursor
+//! once (`duet.jump`) or as it moves (`duet.follow`, for editors without a plugin of ours).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use duet_server::protocol::{Cursor, Presence, User};
-use serde_json::json;
+use ropey::Rope;
+use serde_json::{json, Value};
 use tower_lsp::lsp_types::*;
 
-use super::{tick_at, Session, ToEditor};
+use super::room::Connectivity;
+use super::{tick_at, CommandResult, Session, ToEditor};
 use crate::encoding;
+use crate::replica::Peer;
+use crate::status::clock;
 
 /// Our presence goes out at most this often: a cursor update per keystroke would double the
 /// traffic for nothing anyone can see.
@@ -96,8 +101,31 @@ impl Session {
         User { name, color }
     }
 
-    /// Tells the editor where everyone else is: `duet/peers` for our plugins, and hint
-    /// diagnostics for editors without one (opt-in).
+    /// Where a peer's cursor is: their file, its URI here, and their selection (anchor,
+    /// head) as positions of the text the editor has (or, for a file not open here, of the
+    /// room's text, which is what opening it gives).
+    pub(super) fn peer_place(&self, peer: &Peer) -> Option<(String, Url, Position, Position)> {
+        let cursor = peer.cursor.as_ref()?;
+        let (file, anchor, head) = (&cursor.file, cursor.anchor(), cursor.head);
+        let open = self
+            .docs
+            .iter()
+            .find(|(_, d)| d.path.as_deref() == Some(file.as_str()));
+        let (uri, text) = match open {
+            Some((uri, doc)) => (uri.clone(), doc.shadow.crdt_text().clone()),
+            None => {
+                let text = self.room.as_ref()?.replica.text(file)?;
+                let uri = Url::from_file_path(self.workspace.file_of(file)?).ok()?;
+                (uri, Rope::from_str(&text))
+            }
+        };
+        let position = |cu: u32| encoding::utf16_to_position(&text, cu as usize, self.encoding);
+        Some((file.clone(), uri, position(anchor), position(head)))
+    }
+
+    /// Tells the editor where everyone else is: `duet/peers` for our plugins, and for editors
+    /// without one (opt-in, `peerDiagnostics`) hint diagnostics at the peers' cursors and,
+    /// while the connection is down, a lasting warning in every shared file.
     pub(super) fn publish_peers(&mut self) {
         let peers = self
             .room
@@ -110,44 +138,54 @@ impl Session {
             let mut entry =
                 json!({"clientId": peer.client_id, "name": peer.name, "color": peer.color});
             if let Some(cursor) = &peer.cursor {
-                let (file, anchor, head) = (&cursor.file, cursor.anchor(), cursor.head);
-                entry["path"] = json!(file);
-                let open = self
-                    .docs
-                    .iter()
-                    .find(|(_, d)| d.path.as_deref() == Some(file.as_str()));
-                match open {
-                    Some((uri, doc)) => {
-                        let text = doc.shadow.crdt_text();
-                        let position =
-                            |cu: u32| encoding::utf16_to_position(text, cu as usize, self.encoding);
-                        let (anchor, head) = (position(anchor), position(head));
-                        entry["uri"] = json!(uri);
-                        entry["anchor"] = json!(anchor);
-                        entry["head"] = json!(head);
-                        entry["range"] = json!(Range::new(anchor.min(head), anchor.max(head)));
-                        by_uri.entry(uri.clone()).or_default().push(Diagnostic {
-                            range: Range::new(head, head),
-                            severity: Some(DiagnosticSeverity::HINT),
-                            source: Some("duet".into()),
-                            message: format!("{} is here", peer.name),
-                            ..Diagnostic::default()
-                        });
-                    }
-                    // Not open here: where the file would be, so that an editor can open it
-                    // to follow the peer (positions need the text, which the editor has then).
-                    None => {
-                        if let Ok(uri) = Url::from_file_path(self.workspace.root().join(file)) {
-                            entry["uri"] = json!(uri);
-                        }
-                    }
+                entry["path"] = json!(cursor.file);
+            }
+            if let Some((_, uri, anchor, head)) = self.peer_place(peer) {
+                entry["uri"] = json!(uri);
+                entry["anchor"] = json!(anchor);
+                entry["head"] = json!(head);
+                entry["range"] = json!(Range::new(anchor.min(head), anchor.max(head)));
+                if self.docs.contains_key(&uri) {
+                    by_uri.entry(uri).or_default().push(Diagnostic {
+                        range: Range::new(head, head),
+                        severity: Some(DiagnosticSeverity::HINT),
+                        source: Some("duet".into()),
+                        message: format!("{} is here", peer.name),
+                        ..Diagnostic::default()
+                    });
                 }
             }
             listed.push(entry);
         }
         self.tell(ToEditor::Peers(json!({"peers": listed})));
         self.status();
+        self.follow_moved();
         if self.settings.peer_diagnostics.unwrap_or(false) {
+            if let Some(room) = self
+                .room
+                .as_ref()
+                .filter(|r| r.connectivity == Connectivity::Offline)
+            {
+                let sign = Diagnostic {
+                    range: Range::default(),
+                    severity: Some(DiagnosticSeverity::WARNING),
+                    source: Some("duet".into()),
+                    message: format!(
+                        "duet: offline since {}. Keep typing: your edits are kept and sync when \
+                         the server is back.",
+                        clock(room.since)
+                    ),
+                    ..Diagnostic::default()
+                };
+                for (uri, doc) in &self.docs {
+                    if doc.path.is_some() {
+                        by_uri
+                            .entry(uri.clone())
+                            .or_default()
+                            .insert(0, sign.clone());
+                    }
+                }
+            }
             let stale: Vec<Url> = self
                 .peer_diagnostics
                 .iter()
@@ -160,6 +198,123 @@ impl Session {
             self.peer_diagnostics = by_uri.keys().cloned().collect();
             for (uri, diagnostics) in by_uri {
                 self.publish_diagnostics(uri, diagnostics);
+            }
+        }
+    }
+
+    /// The peer a command names: its client id (a number, or digits), else its name (exactly,
+    /// or a unique start of one, ignoring case); with no argument, the only peer there is.
+    fn named_peer(&self, who: Option<&Value>) -> Result<Peer, String> {
+        let peers = self
+            .room
+            .as_ref()
+            .map(|r| r.replica.peers())
+            .ok_or("duet: not in a room")?;
+        let Some(who) = who.filter(|w| !w.is_null()) else {
+            return match <[Peer; 1]>::try_from(peers) {
+                Ok([peer]) => Ok(peer),
+                Err(peers) if peers.is_empty() => Err("duet: nobody else is in the room".into()),
+                Err(peers) => Err(format!(
+                    "duet: name the peer: {}",
+                    peers
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            };
+        };
+        let text = who.as_str().map(str::to_string).unwrap_or(who.to_string());
+        let id = who.as_u64().or_else(|| text.parse().ok());
+        if let Some(peer) = peers.iter().find(|p| Some(p.client_id) == id) {
+            return Ok(peer.clone());
+        }
+        let lower = text.to_lowercase();
+        if let Some(peer) = peers.iter().find(|p| p.name.to_lowercase() == lower) {
+            return Ok(peer.clone());
+        }
+        let mut starting = peers
+            .iter()
+            .filter(|p| p.name.to_lowercase().starts_with(&lower));
+        match (starting.next(), starting.next()) {
+            (Some(peer), None) => Ok(peer.clone()),
+            (Some(_), Some(_)) => Err(format!(
+                "duet: more than one peer's name starts with {text:?}"
+            )),
+            _ => Err(format!("duet: no peer named {text:?} in the room")),
+        }
+    }
+
+    /// Takes the editor to a peer's cursor (`window/showDocument`), first creating their file
+    /// in the folder if it lacks it. Returns where.
+    fn go_to_peer(&mut self, peer: &Peer) -> Result<Value, String> {
+        let Some((file, uri, _, head)) = self.peer_place(peer) else {
+            return Err(format!("duet: {} has no file open", peer.name));
+        };
+        self.materialize(&file)?;
+        self.show_at(uri.clone(), head)?;
+        Ok(json!({"peer": peer.name, "path": file, "uri": uri, "position": head}))
+    }
+
+    /// `duet.jump [peer]`: to the peer's cursor, once.
+    pub(super) fn jump(&mut self, arguments: &[Value]) -> CommandResult {
+        let peer = self.named_peer(arguments.first())?;
+        self.go_to_peer(&peer).map(Some)
+    }
+
+    /// `duet.follow [peer]`: to the peer's cursor, and again whenever it moves to another line
+    /// or file, until the user types, the peer leaves, or `duet.follow` is run without a
+    /// peer while following.
+    pub(super) fn follow(&mut self, arguments: &[Value]) -> CommandResult {
+        if arguments.first().is_none_or(Value::is_null) && self.following.is_some() {
+            self.stop_following("asked to");
+            return Ok(None);
+        }
+        let peer = self.named_peer(arguments.first())?;
+        self.following = Some((peer.client_id, None));
+        self.show(
+            MessageType::INFO,
+            format!(
+                "duet: following {} (type, or run duet.follow again, to stop)",
+                peer.name
+            ),
+        );
+        self.follow_moved();
+        Ok(Some(json!({"following": peer.name})))
+    }
+
+    /// Stops following, saying why.
+    pub(super) fn stop_following(&mut self, why: &str) {
+        if self.following.take().is_some() {
+            self.show(
+                MessageType::INFO,
+                format!("duet: no longer following ({why})"),
+            );
+        }
+    }
+
+    /// Following: takes the editor along when the followed peer's cursor reached another line
+    /// or file.
+    fn follow_moved(&mut self) {
+        let Some((id, last)) = self.following.clone() else {
+            return;
+        };
+        let Some(peer) = self
+            .room
+            .as_ref()
+            .and_then(|r| r.replica.peers().into_iter().find(|p| p.client_id == id))
+        else {
+            self.stop_following("the peer left");
+            return;
+        };
+        let Some((file, _, _, head)) = self.peer_place(&peer) else {
+            return;
+        };
+        let now = Some((file, head.line));
+        if now != last {
+            self.following = Some((id, now));
+            if let Err(e) = self.go_to_peer(&peer) {
+                tracing::debug!(error = %e, "cannot follow the peer");
             }
         }
     }

@@ -6,7 +6,8 @@
 //! ([`Session::joining_net`]); events of a connection that is no longer ours are ignored
 //! (each join has its own generation).
 
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -35,6 +36,10 @@ pub(super) struct Room {
     pub(super) connection: Connection,
     pub(super) replica: Replica,
     pub(super) connectivity: Connectivity,
+    /// When `connectivity` last changed.
+    pub(super) since: SystemTime,
+    /// The room's files we know of: one not among them is new (see [`Session::new_files`]).
+    pub(super) known_files: HashSet<String>,
     pub(super) ever_synced: bool,
     /// The user was told the server cannot be reached (once per join).
     warned_unreachable: bool,
@@ -113,6 +118,8 @@ impl Session {
             connection,
             replica,
             connectivity: Connectivity::Connecting,
+            since: SystemTime::now(),
+            known_files: HashSet::new(),
             ever_synced: false,
             warned_unreachable: false,
             asked_again: None,
@@ -226,6 +233,7 @@ impl Session {
                     }
                     if received.doc_changed {
                         self.remote_changed();
+                        self.new_files();
                     }
                     if received.presence_changed {
                         self.publish_peers();
@@ -236,6 +244,7 @@ impl Session {
             NetEvent::Disconnected(reason) => {
                 let message = if room.connectivity == Connectivity::Synced {
                     room.connectivity = Connectivity::Offline;
+                    room.since = SystemTime::now();
                     tracing::warn!(%reason, "offline");
                     Some(format!(
                         "duet: offline ({reason}). Keep typing: your edits are kept and sync when the server is back."
@@ -252,6 +261,8 @@ impl Session {
                 if let Some(message) = message {
                     self.show(MessageType::WARNING, message);
                     self.status();
+                    // Editors without a plugin get a lasting sign (see `publish_peers`).
+                    self.publish_peers();
                 }
             }
             NetEvent::Refused(reason) => {
@@ -276,7 +287,12 @@ impl Session {
         let generation = room.generation;
         let first = !room.ever_synced;
         room.connectivity = Connectivity::Synced;
+        room.since = SystemTime::now();
         room.ever_synced = true;
+        if first {
+            // What the room holds when we arrive is not news.
+            room.known_files = room.replica.paths().into_iter().collect();
+        }
         let short = short_id(&room.invite);
         if first {
             // Before our documents join: what they add is not news.
@@ -307,6 +323,7 @@ impl Session {
                 MessageType::INFO,
                 format!("duet: back online in room {short}; edits synced"),
             );
+            self.new_files();
         }
         self.status();
         self.publish_peers();
@@ -331,7 +348,13 @@ impl Session {
         match room.replica.link(&path) {
             Some(room_text) => {
                 let current = doc.shadow.crdt_text().to_string();
+                // A room file the folder lacks, opened as a new buffer (Helix's symbol picker,
+                // `:e`): it is created in the folder with the room's text.
+                if let Err(e) = self.workspace.create_room_file(&path, &room_text) {
+                    tracing::warn!(%path, error = %e, "cannot create the room's file");
+                }
                 if current != room_text {
+                    doc.peers_when_settled = true;
                     // A final line break only the editor has (Neovim's 'eol') is no text of
                     // the user's: nothing to recover.
                     let worth_saving = !current.trim().is_empty()
@@ -362,6 +385,7 @@ impl Session {
                     .create(&path, &doc.shadow.crdt_text().to_string());
                 room.connection.send(frame);
                 room.replica.link(&path);
+                room.known_files.insert(path.clone());
             }
         }
         doc.linked = true;
@@ -482,6 +506,6 @@ impl Session {
 }
 
 /// A room's id as people see it: its first 8 characters.
-fn short_id(invite: &Invite) -> String {
+pub(super) fn short_id(invite: &Invite) -> String {
     invite.room.to_string()[..8].to_string()
 }

@@ -176,8 +176,8 @@ local message_levels = {
 --- (Neovim's default handler only echoes them, past notification plugins).
 local function on_show_message(_, params)
   local message = params and params.message or ""
-  if message:match("^duet: {") and now() < M.state.quiet_status_until then
-    return vim.NIL -- the JSON of our own :DuetStatus, which we show formatted instead
+  if message:match("^duet: status: ") and now() < M.state.quiet_status_until then
+    return vim.NIL -- the summary of our own :DuetStatus, which we show whole instead
   end
   if vim.tbl_count(M.state.shown) > 100 then
     M.state.shown = {}
@@ -261,7 +261,7 @@ local function on_peers(_, params)
       notify(("duet: %s left; no longer following"):format(M.state.follow_name or "the peer"))
       M.unfollow(true)
     else
-      peers.jump(peer, client and client.offset_encoding or "utf-16")
+      M.go_to(peer)
     end
   end
   redraw()
@@ -578,12 +578,73 @@ function M.follow(query)
     return
   end
   M.state.following, M.state.follow_name = peer.clientId, peer.name
+  M.go_to(peer)
+  notify(("duet: following %s (:DuetUnfollow to stop)"):format(peer.name))
+end
+
+--- Puts our cursor on the peer's: in the buffer of their file if it is loaded, else the bridge
+--- opens their file (creating it from the room's text if the folder lacks it).
+function M.go_to(peer)
   local client = M.client()
-  if not peers.jump(peer, client and client.offset_encoding or "utf-16") then
-    notify(("duet: following %s, whose cursor is not in a file open here"):format(peer.name))
-  else
-    notify(("duet: following %s (:DuetUnfollow to stop)"):format(peer.name))
+  if not peers.jump(peer, client and client.offset_encoding or "utf-16") and peer.path then
+    M.exec("duet.jump", { peer.clientId })
   end
+end
+
+--- :DuetJump [peer]: to a peer's cursor, once (no argument: the only peer, or pick one).
+function M.jump(query)
+  if query and vim.trim(query) ~= "" then
+    local peer, why = M.find_peer(query)
+    if peer then
+      M.go_to(peer)
+    else
+      notify(
+        ("duet: %s peer named %q (see :DuetPeers)"):format(why == "ambiguous" and "more than one" or "no", query),
+        vim.log.levels.WARN
+      )
+    end
+    return
+  end
+  if #M.state.peers == 0 then
+    notify("duet: nobody else is in the room")
+  elseif #M.state.peers == 1 then
+    M.go_to(M.state.peers[1])
+  else
+    vim.ui.select(M.state.peers, {
+      prompt = "duet: jump to",
+      format_item = function(peer)
+        return ("%s  %s"):format(peer.name, M.where(peer))
+      end,
+    }, function(peer)
+      if peer then
+        M.go_to(peer)
+      end
+    end)
+  end
+end
+
+--- :DuetFiles: the room's files, to pick one to open (one your folder lacks is created with
+--- the room's text).
+function M.files()
+  M.exec("duet.status", {}, function(status)
+    local files = type(status) == "table" and type(status.files) == "table" and status.files or {}
+    if #files == 0 then
+      notify(status and status.state ~= "idle" and "duet: the room has no files" or "duet: not in a room")
+      return
+    end
+    local root = M.root()
+    vim.ui.select(files, {
+      prompt = ("duet: open a file of room %s"):format(tostring(status.room):sub(1, 8)),
+      format_item = function(path)
+        local here = (vim.uv or vim.loop).fs_stat(root .. "/" .. path) ~= nil
+        return here and path or (path .. "  (not in your folder yet)")
+      end,
+    }, function(path)
+      if path then
+        M.exec("duet.openFile", { path })
+      end
+    end)
+  end)
 end
 
 function M.unfollow(quiet)
@@ -637,46 +698,31 @@ function M.leave()
   M.exec("duet.leaveRoom", {})
 end
 
---- Formatted status lines (also what :DuetStatus shows).
-function M.status_lines(status)
-  status = status or M.state.status
-  if not M.client() then
-    return { "duet: not running (it starts with the first file of the workspace " .. M.root() .. ")" }
-  end
-  if not status or status.state == "idle" then
-    return { "duet: not in a room (:DuetJoin {invite} or :DuetCreate)" }
-  end
-  local lines = {
-    ("duet: %s, room %s on %s"):format(status.state, tostring(status.room), tostring(status.server)),
-  }
-  local names = {}
-  for _, peer in ipairs(M.state.peers) do
-    table.insert(names, peer.name)
-  end
-  if #names == 0 and type(status.peers) == "table" then
-    for _, peer in ipairs(status.peers) do
-      table.insert(names, peer.name)
-    end
-  end
-  table.insert(lines, ("  peers: %s"):format(#names > 0 and table.concat(names, ", ") or "none"))
-  if type(status.files) == "table" then
-    table.insert(lines, ("  files: %s"):format(#status.files > 0 and table.concat(status.files, ", ") or "none"))
-  end
-  if status.invite then
-    table.insert(lines, "  invite: " .. status.invite)
-  end
-  return lines
-end
-
+--- :DuetStatus: the bridge's status (the room, the server, the connection and since when,
+--- the peers and where they are, the files, the invite) in a floating window.
 function M.show_status()
   if not M.client() then
-    messages.show(M.status_lines(), "status")
+    messages.show({ "duet: not running (it starts with the first file of the workspace " .. M.root() .. ")" }, "status")
     return
   end
   M.state.quiet_status_until = now() + 3000
   M.exec("duet.status", {}, function(result)
-    messages.show(M.status_lines(type(result) == "table" and result or nil), "status")
+    local text = type(result) == "table" and result.text or "duet: no status"
+    messages.show(vim.split(text, "\n", { plain = true, trimempty = true }), "status")
   end)
+end
+
+--- Where a peer is: "file:line:col", or their file when it is not open here.
+function M.where(peer)
+  if peer.uri and peer.range and peers.buf_for_uri(peer.uri) then
+    local s = peer.range["end"] or peer.range.start
+    return ("%s:%d:%d"):format(relative(peer.uri), s.line + 1, s.character + 1)
+  end
+  if peer.path then
+    local line = peer.range and (" line " .. ((peer.range["end"] or peer.range.start).line + 1)) or ""
+    return ("%s%s (not open here)"):format(peer.path, line)
+  end
+  return "(no file open)"
 end
 
 function M.peer_lines()
@@ -690,11 +736,7 @@ function M.peer_lines()
   end
   local lines = { ("duet: %d peer%s"):format(#list, #list == 1 and "" or "s") }
   for _, peer in ipairs(list) do
-    local where = "(no file open here)"
-    if peer.uri and peer.range then
-      local s = peer.range["end"] or peer.range.start
-      where = ("%s:%d:%d"):format(relative(peer.uri), s.line + 1, s.character + 1)
-    end
+    local where = M.where(peer)
     local mark = M.state.following == peer.clientId and "  (following)" or ""
     table.insert(lines, ("  %s  %s  %s%s"):format(peer.name, peer.color or "", where, mark))
   end
@@ -758,6 +800,10 @@ local function create_commands()
   command("DuetUnfollow", function()
     M.unfollow()
   end, { nargs = 0, desc = "duet: stop following" })
+  command("DuetJump", function(o)
+    M.jump(o.args)
+  end, { nargs = "?", complete = complete_peers, desc = "duet: go to a peer's cursor, once" })
+  command("DuetFiles", M.files, { nargs = 0, desc = "duet: the room's files; pick one to open it" })
   command("DuetUndo", function(o)
     M.undo(0, o.count)
   end, { count = 1, desc = "duet: undo [count] of your own edits in this buffer" })
