@@ -163,7 +163,7 @@ pub enum LineIndexMode {
 }
 
 /// The line-break behaviour of the ropey this binary was built with.
-pub fn line_index_mode() -> LineIndexMode {
+fn line_index_mode() -> LineIndexMode {
     static MODE: OnceLock<LineIndexMode> = OnceLock::new();
     *MODE.get_or_init(|| {
         let lsp_breaks_ok = Rope::from_str("a\rb\r\nc\nd").len_lines() == 4;

@@ -532,7 +532,8 @@ impl Operation {
 
     /// One contiguous edit with the same effect on `base`: from the first change to the last,
     /// unchanged text in between included in the replacement. `None` for a no-op.
-    pub fn covering_edit(&self, base: &Rope) -> Result<Option<Edit>, OpError> {
+    #[cfg(test)]
+    fn covering_edit(&self, base: &Rope) -> Result<Option<Edit>, OpError> {
         self.check_base(base.len_chars())?;
         let edits = self.edits();
         let (Some(first), Some(last)) = (edits.first(), edits.last()) else {

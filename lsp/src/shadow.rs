@@ -169,7 +169,7 @@ pub struct ApplyEdit {
 }
 
 impl ApplyEdit {
-    pub fn text_edit(&self) -> TextEdit {
+    fn text_edit(&self) -> TextEdit {
         TextEdit::new(self.range, self.new_text.clone())
     }
 
@@ -277,7 +277,8 @@ impl Shadow {
 
     /// True when the editor shows a line break at the end that the text does not have
     /// (Neovim's 'eol'): the editor's text is [`Shadow::text`] followed by `\n`.
-    pub fn implicit_final_newline(&self) -> bool {
+    #[cfg(test)]
+    fn implicit_final_newline(&self) -> bool {
         self.implicit_final_newline
     }
 
@@ -288,7 +289,8 @@ impl Shadow {
     }
 
     /// The last document version the editor reported.
-    pub fn version(&self) -> i32 {
+    #[cfg(test)]
+    fn version(&self) -> i32 {
         self.version
     }
 
@@ -298,7 +300,8 @@ impl Shadow {
     }
 
     /// True if an applyEdit is out and not yet settled by its echo or a rejection.
-    pub fn has_in_flight(&self) -> bool {
+    #[cfg(test)]
+    fn has_in_flight(&self) -> bool {
         self.in_flight.is_some()
     }
 

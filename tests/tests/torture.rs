@@ -182,6 +182,30 @@ impl Faults {
         }
     }
 
+    fn print(&self) {
+        let faults = self;
+        println!(
+            "  faults: kill -9 at {:.1} s for {:.1} s; {} s network cut at {:.1} s; {} s database outage at {:.1} s; slow peer at {:.1} s; stale joiner at {:.1} s",
+            faults.kill_at.as_secs_f64(),
+            faults.kill_for.as_secs_f64(),
+            CUT.as_secs(),
+            faults.cut_at.as_secs_f64(),
+            DB_DOWN.as_secs(),
+            faults.db_at.as_secs_f64(),
+            faults.slow_at.as_secs_f64(),
+            faults.stale_at.as_secs_f64()
+        );
+        if let Some((redis_at, cut_at)) = faults.relay {
+            println!(
+                "  relay faults: Redis down at {:.1} s for {} s; second node cut from Redis at {:.1} s for {} s",
+                redis_at.as_secs_f64(),
+                REDIS_DOWN.as_secs(),
+                cut_at.as_secs_f64(),
+                CUT.as_secs()
+            );
+        }
+    }
+
     fn last_end(&self) -> Duration {
         [
             self.kill_at + self.kill_for,
@@ -210,129 +234,254 @@ struct Typed {
     undone: u64,
 }
 
+/// One seed's run, phase by phase.
 async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
     println!("torture seed {seed} on {nodes} node(s): DUET_TORTURE_SEEDS={seed} replays it");
     let mut rng = Rng::new(seed);
     let faults = Faults::draw(&mut rng, seed, nodes);
-    let cluster = std::sync::Arc::new(Cluster::start());
-    let db = Database::with_url(Backend::Postgres, cluster.url());
-    // With several nodes: Redis, and the second node reaching it through a tap that can cut.
-    let mut redis = match nodes {
-        1 => None,
-        _ => Some(Redis::start().await),
-    };
-    let tap = match &redis {
-        Some(redis) => Some(Tap::start(redis.port).await),
-        None => None,
-    };
-    let mut servers = Vec::new();
-    for i in 0..nodes {
-        let relay = match (&redis, &tap) {
-            (Some(_), Some(tap)) if i == 1 => tap.url(),
-            (Some(redis), _) => redis.url(),
-            _ => String::new(),
-        };
-        let args: Vec<&str> = match relay.as_str() {
-            "" => vec![],
-            url => vec!["--redis-url", url],
-        };
-        servers.push(Server::start(&db, &args).await);
+    let mut stage = Stage::set_up(nodes).await;
+    let mut editors = Editors::join(&stage).await;
+    faults.print();
+    let typing = type_under_faults(&mut stage, &mut editors, &faults, &mut rng, edits).await;
+    let (texts, converged) = converge(&stage, &mut editors, &typing.stale, seed).await;
+    let after_fault = converged.saturating_duration_since(typing.started + faults.last_end());
+    let after_edit = converged.saturating_duration_since(typing.ended);
+    println!(
+        "  converged {:.2} s after the last edit, {:.2} s after the last fault ended",
+        after_edit.as_secs_f64(),
+        after_fault.as_secs_f64()
+    );
+    check_replicas(&mut editors, &typing.stale, &texts, seed).await;
+    check_store_and_reload(&mut stage, &texts, seed).await;
+    let markers = check_markers(&texts, &typing.typed, seed);
+    check_stale_copy_kept(&typing.stale, &texts, seed);
+    let slow_closed = typing.slow.await.expect("slow peer task");
+    println!(
+        "  {markers} markers checked; replicas, buffers, server, database and reload identical; slow peer let go: {slow_closed}"
+    );
+    assert!(
+        slow_closed,
+        "seed {seed}: the peer that never reads was never let go"
+    );
+    for (_, nv) in editors.nvims {
+        nv.quit().await;
     }
-    let (server, more_nodes) = servers.split_first_mut().expect("a node");
-    let initial: Vec<(&str, String)> = FILES
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            (
-                *f,
-                format!("# {f} — 共有 🎉\nsome text here\n«seed.{i}»\nmore filler\n«end.{i}»\n"),
-            )
-        })
-        .collect();
-    let files: Vec<(&str, &str)> = initial.iter().map(|(f, t)| (*f, t.as_str())).collect();
-    let room = server.create_room_with(&files).await;
-    let url = server.ws_url(&room);
-    // Each editor's node: the first, second or third (all the first on one node).
-    let url_on = |i: usize| match i % nodes {
-        0 => url.clone(),
-        n => more_nodes[n - 1].ws_url(&room),
-    };
-    let (second, third) = (url_on(1), url_on(2));
-    let second_port = if nodes > 1 {
-        more_nodes[0].port
-    } else {
-        server.port
-    };
-    let proxy = Proxy::start(second_port).await;
-    let proxied = second.replace(&format!(":{second_port}/"), &format!(":{}/", proxy.port));
+    Summary {
+        seed,
+        edits: typing.typed.iter().map(|t| t.edits).sum(),
+        after_edit,
+        after_fault,
+    }
+}
 
-    // The editors.
-    let vscode = fake(Kind::VsCode, "vscode", &url, server, &room).await;
-    let helix = fake(Kind::Helix, "helix", &proxied, server, &room).await;
-    let mut nvims = Vec::new();
-    let mut dirs = Vec::new();
-    for (name, invite) in [("nvim-a", &third), ("nvim-b", &url)] {
-        let dir = TempDir::new(name);
-        for (f, t) in &initial {
-            write(&dir.0.join(f), t);
+/// What the editors meet: PostgreSQL, the nodes (with Redis between them, the second node
+/// reaching it through a tap that can cut), the room with its files, and the proxy the
+/// Helix-like editor reaches its node through.
+struct Stage {
+    cluster: std::sync::Arc<Cluster>,
+    _db: Database,
+    redis: Option<Redis>,
+    tap: Option<Tap>,
+    /// The first node (killed and restarted), then the others.
+    servers: Vec<Server>,
+    room: RoomRef,
+    initial: Vec<(&'static str, String)>,
+    /// The invites to the first, second and third node (all the first on one node), and the
+    /// second's through the proxy.
+    url: String,
+    second: String,
+    third: String,
+    proxied: String,
+    proxy: Proxy,
+}
+
+impl Stage {
+    async fn set_up(nodes: usize) -> Stage {
+        let cluster = std::sync::Arc::new(Cluster::start());
+        let db = Database::with_url(Backend::Postgres, cluster.url());
+        // With several nodes: Redis, and the second node reaching it through a tap that can cut.
+        let redis = match nodes {
+            1 => None,
+            _ => Some(Redis::start().await),
+        };
+        let tap = match &redis {
+            Some(redis) => Some(Tap::start(redis.port).await),
+            None => None,
+        };
+        let mut servers = Vec::new();
+        for i in 0..nodes {
+            let relay = match (&redis, &tap) {
+                (Some(_), Some(tap)) if i == 1 => tap.url(),
+                (Some(redis), _) => redis.url(),
+                _ => String::new(),
+            };
+            let args: Vec<&str> = match relay.as_str() {
+                "" => vec![],
+                url => vec!["--redis-url", url],
+            };
+            servers.push(Server::start(&db, &args).await);
         }
-        let mut nv = Nvims::spawn().await;
-        nv.start(
-            name,
-            &dir.0,
-            &FILES,
-            json!({"name": name, "color": "#e06c75", "invite": invite}),
-        )
-        .await;
-        nv.lua(name, LUA, json!([FILES])).await;
-        for (f, t) in &initial {
-            let want = t.clone();
-            nv.wait_for(
+        let (server, more_nodes) = servers.split_first_mut().expect("a node");
+        let initial: Vec<(&str, String)> = FILES
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                (
+                    *f,
+                    format!(
+                        "# {f} — 共有 🎉\nsome text here\n«seed.{i}»\nmore filler\n«end.{i}»\n"
+                    ),
+                )
+            })
+            .collect();
+        let files: Vec<(&str, &str)> = initial.iter().map(|(f, t)| (*f, t.as_str())).collect();
+        let room = server.create_room_with(&files).await;
+        let url = server.ws_url(&room);
+        // Each editor's node: the first, second or third (all the first on one node).
+        let url_on = |i: usize| match i % nodes {
+            0 => url.clone(),
+            n => more_nodes[n - 1].ws_url(&room),
+        };
+        let (second, third) = (url_on(1), url_on(2));
+        let second_port = if nodes > 1 {
+            more_nodes[0].port
+        } else {
+            server.port
+        };
+        let proxy = Proxy::start(second_port).await;
+        let proxied = second.replace(&format!(":{second_port}/"), &format!(":{}/", proxy.port));
+        Stage {
+            cluster,
+            _db: db,
+            redis,
+            tap,
+            servers,
+            room,
+            initial,
+            url,
+            second,
+            third,
+            proxied,
+            proxy,
+        }
+    }
+
+    fn server(&self) -> &Server {
+        &self.servers[0]
+    }
+}
+
+/// The four editors of the run: the scripted VS Code and Helix, and two Neovims (with the
+/// directories they work in).
+struct Editors {
+    vscode: FakeEditor,
+    helix: FakeEditor,
+    nvims: Vec<(&'static str, Nvims)>,
+    _dirs: Vec<TempDir>,
+}
+
+impl Editors {
+    /// Every editor in the room, with every file loaded and shared.
+    async fn join(stage: &Stage) -> Editors {
+        let Stage {
+            room,
+            initial,
+            url,
+            third,
+            proxied,
+            ..
+        } = stage;
+        let server = stage.server();
+        let vscode = fake(Kind::VsCode, "vscode", url, server, room).await;
+        let helix = fake(Kind::Helix, "helix", proxied, server, room).await;
+        let mut nvims = Vec::new();
+        let mut dirs = Vec::new();
+        for (name, invite) in [("nvim-a", third), ("nvim-b", url)] {
+            let dir = TempDir::new(name);
+            for (f, t) in initial {
+                write(&dir.0.join(f), t);
+            }
+            let mut nv = Nvims::spawn().await;
+            nv.start(
                 name,
-                &format!("{f} loaded and shared"),
-                "return torture.get(...)",
-                json!([f]),
-                WAIT,
-                move |v| v[1].as_str() == Some(&want),
+                &dir.0,
+                &FILES,
+                json!({"name": name, "color": "#e06c75", "invite": invite}),
             )
             .await;
+            nv.lua(name, LUA, json!([FILES])).await;
+            for (f, t) in initial {
+                let want = t.clone();
+                nv.wait_for(
+                    name,
+                    &format!("{f} loaded and shared"),
+                    "return torture.get(...)",
+                    json!([f]),
+                    WAIT,
+                    move |v| v[1].as_str() == Some(&want),
+                )
+                .await;
+            }
+            // The buffers read the files before the bridge is in the room: typing now would be
+            // typing into a copy the join then sets aside (as it must a stale one).
+            nv.wait_for(
+                name,
+                "the bridge in the room",
+                "local s = require('duet').state.status; return s and s.state",
+                json!([]),
+                WAIT,
+                |state| state == "connected",
+            )
+            .await;
+            nvims.push((name, nv));
+            dirs.push(dir);
         }
-        // The buffers read the files before the bridge is in the room: typing now would be
-        // typing into a copy the join then sets aside (as it must a stale one).
-        nv.wait_for(
-            name,
-            "the bridge in the room",
-            "local s = require('duet').state.status; return s and s.state",
-            json!([]),
-            WAIT,
-            |state| state == "connected",
-        )
-        .await;
-        nvims.push((name, nv));
-        dirs.push(dir);
+        Editors {
+            vscode,
+            helix,
+            nvims,
+            _dirs: dirs,
+        }
     }
-    println!(
-        "  faults: kill -9 at {:.1} s for {:.1} s; {} s network cut at {:.1} s; {} s database outage at {:.1} s; slow peer at {:.1} s; stale joiner at {:.1} s",
-        faults.kill_at.as_secs_f64(),
-        faults.kill_for.as_secs_f64(),
-        CUT.as_secs(),
-        faults.cut_at.as_secs_f64(),
-        DB_DOWN.as_secs(),
-        faults.db_at.as_secs_f64(),
-        faults.slow_at.as_secs_f64(),
-        faults.stale_at.as_secs_f64()
-    );
-    if let Some((redis_at, cut_at)) = faults.relay {
-        println!(
-            "  relay faults: Redis down at {:.1} s for {} s; second node cut from Redis at {:.1} s for {} s",
-            redis_at.as_secs_f64(),
-            REDIS_DOWN.as_secs(),
-            cut_at.as_secs_f64(),
-            CUT.as_secs()
-        );
-    }
+}
 
-    // Typing and faults, all at once.
+/// The typing, as it ended: what each editor typed (VS Code-like, Helix-like, the two Neovims,
+/// the stale joiner), when it started and ended, the stale joiner, and the slow peer's task
+/// (true once it was let go).
+struct Typing {
+    typed: [Typed; 5],
+    started: Instant,
+    ended: Instant,
+    stale: FakeEditor,
+    slow: tokio::task::JoinHandle<bool>,
+}
+
+/// Everyone types until the last fault is over, while the faults hit.
+async fn type_under_faults(
+    stage: &mut Stage,
+    editors: &mut Editors,
+    faults: &Faults,
+    rng: &mut Rng,
+    edits: usize,
+) -> Typing {
+    let Stage {
+        cluster,
+        redis,
+        tap,
+        servers,
+        initial,
+        second,
+        third,
+        proxy,
+        ..
+    } = stage;
+    let server = &mut servers[0];
+    let Editors {
+        vscode,
+        helix,
+        nvims,
+        ..
+    } = editors;
     let started = Instant::now();
     // Everyone types until the last fault is over.
     let pace = Pace {
@@ -355,15 +504,15 @@ async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
     let (typed_fakes, typed_a, typed_b, (stale, typed_stale), ()) = tokio::join!(
         async {
             tokio::join!(
-                type_fake(&vscode, "v", seeds[0], pace),
-                type_fake(&helix, "h", seeds[1], pace),
+                type_fake(vscode, "v", seeds[0], pace),
+                type_fake(helix, "h", seeds[1], pace),
             )
         },
         type_nvim(&mut nv_a.1, nv_a.0, "na", seeds[2], pace),
         type_nvim(&mut nv_b.1, nv_b.0, "nb", seeds[3], pace),
         async {
             tokio::time::sleep(faults.stale_at).await;
-            let stale = stale_joiner(&second, &initial[0]).await;
+            let stale = stale_joiner(second, &initial[0]).await;
             let typed = type_fake(
                 &stale,
                 "s",
@@ -425,13 +574,12 @@ async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
             );
         },
     );
-    let typing_ended = Instant::now();
-    let last_fault_ended = started + faults.last_end();
+    let ended = Instant::now();
     let typed = [typed_fakes.0, typed_fakes.1, typed_a, typed_b, typed_stale];
     let total: usize = typed.iter().map(|t| t.edits).sum();
     println!(
         "  typed {total} edits in {:.1} s ({}); undid and redid {} steps",
-        (typing_ended - started).as_secs_f64(),
+        (ended - started).as_secs_f64(),
         typed
             .iter()
             .map(|t| t.edits.to_string())
@@ -439,9 +587,27 @@ async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
             .join(" + "),
         typed.iter().map(|t| t.undone).sum::<u64>()
     );
+    Typing {
+        typed,
+        started,
+        ended,
+        stale,
+        slow,
+    }
+}
 
-    // Quiescence: every buffer equals the server's text, and stays so.
-    let fakes = [&vscode, &helix, &stale];
+/// Quiescence: every buffer equals the server's text, and stays so (a second). The texts of
+/// the files, and when they settled.
+async fn converge(
+    stage: &Stage,
+    editors: &mut Editors,
+    stale: &FakeEditor,
+    seed: u64,
+) -> (Vec<String>, Instant) {
+    let (server, more_nodes) = (stage.server(), &stage.servers[1..]);
+    let room = &stage.room;
+    let nvims = &mut editors.nvims;
+    let fakes = [&editors.vscode, &editors.helix, stale];
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut stable: Option<(Instant, Vec<String>)> = None;
     let texts = loop {
@@ -449,14 +615,14 @@ async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
         let mut report = String::new();
         let mut agreed = true;
         for f in FILES {
-            let served = server.file(&room, f).await.unwrap_or_default();
+            let served = server.file(room, f).await.unwrap_or_default();
             let mut others: Vec<(String, String)> =
                 fakes.iter().map(|e| (e.label.clone(), e.text(f))).collect();
             for (i, node) in more_nodes.iter().enumerate() {
-                let text = node.file(&room, f).await.unwrap_or_default();
+                let text = node.file(room, f).await.unwrap_or_default();
                 others.push((format!("node {}", i + 2), text));
             }
-            for (name, nv) in &mut nvims {
+            for (name, nv) in nvims.iter_mut() {
                 let got = nv.lua(name, "return torture.get(...)", json!([f])).await;
                 // Neovim's lines are the room's; the final line break it keeps outside its
                 // lines may be one the room's text does not have.
@@ -497,7 +663,7 @@ async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
                     status.map(|s| s["sha256"].clone())
                 ));
             }
-            for (name, nv) in &mut nvims {
+            for (name, nv) in nvims.iter_mut() {
                 let status = nv.lua(name, NVIM_STATUS, json!([])).await;
                 report.push_str(&format!(
                     "{name} replica: {} (server: {digests:?})\n",
@@ -508,7 +674,7 @@ async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
             for e in fakes {
                 logs.push_str(&e.report());
             }
-            for (_, nv) in &nvims {
+            for (_, nv) in nvims.iter() {
                 logs.push_str(&nv.report());
             }
             panic!(
@@ -519,23 +685,22 @@ async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let converged = stable.map(|(since, _)| since).unwrap_or_else(Instant::now);
-    let after_fault = converged.saturating_duration_since(last_fault_ended);
-    let after_edit = converged.saturating_duration_since(typing_ended);
-    println!(
-        "  converged {:.2} s after the last edit, {:.2} s after the last fault ended",
-        after_edit.as_secs_f64(),
-        after_fault.as_secs_f64()
-    );
-
     // Where to look if a check below fails.
     for e in fakes {
         println!("  {} trace and bridge log: {}", e.label, e.dump().display());
     }
-    for (name, nv) in &nvims {
+    for (name, nv) in nvims.iter() {
         println!("  {name} bridge log: {}", nv.bridge_log_path(name));
     }
+    (texts, converged)
+}
 
-    // Every bridge's replica.
+/// Every bridge's replica holds the texts, no scripted editor saw a protocol violation or
+/// died, and no bridge ever found a document out of step with the room (it would have
+/// healed, but that is a bug).
+async fn check_replicas(editors: &mut Editors, stale: &FakeEditor, texts: &[String], seed: u64) {
+    let fakes = [&editors.vscode, &editors.helix, stale];
+    let nvims = &mut editors.nvims;
     let digests: Vec<String> = texts.iter().map(|t| sha256_hex(t)).collect();
     for e in fakes {
         let status = e
@@ -546,8 +711,6 @@ async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
         e.assert_no_violations();
         assert!(e.alive(), "{} died\n{}", e.label, e.report());
     }
-    // No bridge ever found its document out of step with the room (it would have healed, but
-    // that is a bug).
     let logs: Vec<(String, String)> = fakes
         .iter()
         .map(|e| (e.label.clone(), e.log()))
@@ -568,15 +731,23 @@ async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
                 .join("\n")
         );
     }
-    for (name, nv) in &mut nvims {
+    for (name, nv) in nvims.iter_mut() {
         let status = nv.lua(name, NVIM_STATUS, json!([])).await;
         check_digests(name, &status, &digests);
     }
+}
 
-    // The database's plain-text copies, once everything is flushed, and what a restarted
-    // server loads from the state and the update log. The other nodes stop first (writing
-    // what they hold); the first node's copies of what only they changed follow within
-    // seconds.
+/// The database's plain-text copies, once everything is flushed, and what a restarted server
+/// loads from the state and the update log. The other nodes stop first (writing what they
+/// hold); the first node's copies of what only they changed follow within seconds.
+async fn check_store_and_reload(stage: &mut Stage, texts: &[String], seed: u64) {
+    let Stage {
+        cluster,
+        servers,
+        room,
+        ..
+    } = stage;
+    let (server, more_nodes) = servers.split_first_mut().expect("a node");
     for node in more_nodes.iter_mut() {
         assert!(
             node.terminate().await,
@@ -597,23 +768,26 @@ async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
     duet_e2e::eventually(Duration::from_secs(30), "the stored copies", || async {
         FILES
             .iter()
-            .zip(&texts)
+            .zip(texts)
             .all(|(f, text)| copied(f, text))
             .then_some(())
     })
     .await;
     server.kill9();
     server.restart().await;
-    for (f, text) in FILES.iter().zip(&texts) {
+    for (f, text) in FILES.iter().zip(texts) {
         assert_eq!(
-            server.file(&room, f).await.as_deref(),
+            server.file(room, f).await.as_deref(),
             Some(text.as_str()),
             "seed {seed}: {f} as a restarted server loads it"
         );
     }
+}
 
-    // Every marker is there: once, or at least once if a line move carried it (two editors
-    // moving the same line at once both re-insert it).
+/// Every marker is there: once, or at least once if a line move carried it (two editors
+/// moving the same line at once both re-insert it); nothing but whole markers between « and ».
+/// How many markers were checked.
+fn check_markers(texts: &[String], typed: &[Typed], seed: u64) -> usize {
     let all = texts.concat();
     let moved: HashSet<&String> = typed.iter().flat_map(|t| &t.moved).collect();
     let mut markers = 0;
@@ -629,7 +803,6 @@ async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
             assert_eq!(n, 1, "seed {seed}: {marker} {n} times");
         }
     }
-    // Nothing but whole markers between « and ».
     let known: HashSet<&str> = typed
         .iter()
         .flat_map(|t| &t.markers)
@@ -646,34 +819,20 @@ async fn run(seed: u64, edits: usize, nodes: usize) -> Summary {
         "seed {seed}: markers split or damaged: {damaged:#?}"
     );
 
-    // The stale joiner's own line was kept for it; the slow peer was let go.
-    let recovered = recovered_texts(&stale);
+    markers
+}
+
+/// The stale joiner's own line was kept for it, in a recovery file, not in the room.
+fn check_stale_copy_kept(stale: &FakeEditor, texts: &[String], seed: u64) {
+    let recovered = recovered_texts(stale);
     assert!(
         recovered.iter().any(|t| t.contains("«stale-only»")),
         "seed {seed}: the stale copy was not saved: {recovered:?}"
     );
     assert!(
-        !all.contains("«stale-only»"),
+        !texts.concat().contains("«stale-only»"),
         "the stale copy replaced the room's text"
     );
-    let slow_closed = slow.await.expect("slow peer task");
-    println!(
-        "  {markers} markers checked; replicas, buffers, server, database and reload identical; slow peer let go: {slow_closed}"
-    );
-    assert!(
-        slow_closed,
-        "seed {seed}: the peer that never reads was never let go"
-    );
-
-    for (_, nv) in nvims {
-        nv.quit().await;
-    }
-    Summary {
-        seed,
-        edits: total,
-        after_edit,
-        after_fault,
-    }
 }
 
 fn write(path: &std::path::Path, text: &str) {
