@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use duet_e2e::editor::{converge, FakeEditor, Kind, WAIT};
+use duet_e2e::editor::{converge, wait_server_file, FakeEditor, Kind, WAIT};
 use duet_e2e::server::{Backend, Database, RoomRef, Server};
 use duet_e2e::yclient::YClient;
 use serde_json::{json, Value};
@@ -40,6 +40,14 @@ async fn cursor_shown_after(ed: &FakeEditor, mark: usize) -> (u64, u64) {
     )
 }
 
+/// Waits until the server has `expected` (an undo or redo answered by one bridge reaches the
+/// server and the other editors a moment later: until then they all still agree on the text
+/// before it), then until every editor has it too.
+async fn converge_to(server: &Server, room: &RoomRef, eds: &[&FakeEditor], expected: &str) {
+    wait_server_file(server, room, PATH, expected, WAIT, eds).await;
+    assert_eq!(converge(server, room, PATH, eds, WAIT).await, expected);
+}
+
 /// Two editors interleave bursts of typing; each undoes and redoes its own, several times:
 /// only its own text changes, everyone converges, and the cursor lands at the change.
 async fn interleaved_undo(a_kind: Kind, b_kind: Kind) {
@@ -63,15 +71,13 @@ async fn interleaved_undo(a_kind: Kind, b_kind: Kind) {
     // ann's last step: her second line; the cursor goes to where it was.
     let mark = a.mark();
     assert_eq!(a.history("duet.undo", PATH, 1).await, 1);
-    let text = converge(&server, &room, PATH, &eds, WAIT).await;
-    assert_eq!(text, "b2 a1 0 b1\n", "only ann's last step is undone");
+    converge_to(&server, &room, &eds, "b2 a1 0 b1\n").await;
     assert_eq!(cursor_shown_after(&a, mark).await, (1, 0));
 
     // bob undoes his last step, then ann her first: bob's " b1" stays.
     assert_eq!(b.history("duet.undo", PATH, 1).await, 1);
     assert_eq!(a.history("duet.undo", PATH, 1).await, 1);
-    let text = converge(&server, &room, PATH, &eds, WAIT).await;
-    assert_eq!(text, "0 b1\n");
+    converge_to(&server, &room, &eds, "0 b1\n").await;
     // Nothing of ann's is left to undo, and she is told so; the text stays.
     assert_eq!(a.history("duet.undo", PATH, 1).await, 0);
     a.wait_message("nothing to undo", WAIT, |p| {
@@ -84,16 +90,13 @@ async fn interleaved_undo(a_kind: Kind, b_kind: Kind) {
     // Redo both of ann's steps at once, and bob's; then ann undoes two steps again.
     assert_eq!(a.history("duet.redo", PATH, 5).await, 2);
     assert_eq!(b.history("duet.redo", PATH, 1).await, 1);
-    let text = converge(&server, &room, PATH, &eds, WAIT).await;
-    assert_eq!(text, "b2 a1 0 b1\na2\n");
+    converge_to(&server, &room, &eds, "b2 a1 0 b1\na2\n").await;
     assert_eq!(a.history("duet.undo", PATH, 2).await, 2);
-    let text = converge(&server, &room, PATH, &eds, WAIT).await;
-    assert_eq!(text, "b2 0 b1\n");
+    converge_to(&server, &room, &eds, "b2 0 b1\n").await;
     // Typing clears ann's redo: there is nothing to redo after it.
     a.type_text(PATH, chars("b2 0 b1\n"), "a3").await;
     assert_eq!(a.history("duet.redo", PATH, 1).await, 0);
-    let text = converge(&server, &room, PATH, &eds, WAIT).await;
-    assert_eq!(text, "b2 0 b1\na3");
+    converge_to(&server, &room, &eds, "b2 0 b1\na3").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1033,6 +1033,11 @@ async fn helix_reads_the_status_the_invite_and_a_lasting_offline_sign() {
         line.contains("joined room"),
         "the status line moved on to: {line:?}"
     );
+    // The status, opened in Helix at once, holds it.
+    eventually(WAIT, "the status opened after the creation", || async {
+        helix.shown().filter(|(path, _)| path == ".duet/status.md")
+    })
+    .await;
     let status_file = helix.workspace().join(".duet/status.md");
     let text = std::fs::read_to_string(&status_file).unwrap_or_default();
     assert!(

@@ -114,20 +114,23 @@ impl Session {
             });
             return status;
         }
-        self.status_written = None;
-        let shown = self
-            .write_status()
-            .and_then(|file| Url::from_file_path(file).ok())
-            .map(|uri| self.show_at(uri, Position::default()));
-        let whole = match shown {
-            Some(Ok(())) => format!("whole status in {STATUS_FILE}; :reload it if it was open"),
-            _ => format!("whole status in {STATUS_FILE}"),
+        let whole = match self.open_status_file() {
+            true => format!("whole status in {STATUS_FILE}; :reload it if it was open"),
+            false => format!("whole status in {STATUS_FILE}"),
         };
         self.tell(ToEditor::Show {
             kind: MessageType::INFO,
             message: format!("duet: status: {summary} ({whole})"),
         });
         status
+    }
+
+    /// Helix: writes the readable status and opens it in the editor; false if it could not.
+    pub(super) fn open_status_file(&mut self) -> bool {
+        self.status_written = None;
+        self.write_status()
+            .and_then(|file| Url::from_file_path(file).ok())
+            .is_some_and(|uri| self.show_at(uri, Position::default()).is_ok())
     }
 
     /// Writes the readable status to `.duet/status.md` if it changed; returns the file.

@@ -81,6 +81,10 @@ impl Session {
                     format!("duet: room created. Invite (share it): {text}"),
                 );
                 self.join(invite);
+                if self.helix {
+                    // The message is gone at the next one: the invite stays in the status.
+                    self.open_status_file();
+                }
                 let _ = reply.send(Ok(Some(json!({"invite": text}))));
             }
             Err(e) => {
