@@ -207,17 +207,7 @@ impl Store {
                         .transpose()?
                 }
             };
-            let before: Option<String> = sqlx::query(
-                "SELECT content FROM room_version_files WHERE room_id = $1 AND path = $2 \
-                 ORDER BY since DESC LIMIT 1",
-            )
-            .bind(&key)
-            .bind(&path)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|row| row.try_get::<Option<String>, _>(0))
-            .transpose()?
-            .flatten();
+            let (before, patches) = text_at(&mut tx, &key, &path, i64::MAX).await?;
             let change = match (&before, &now) {
                 (None, None) => continue,
                 (Some(a), Some(b)) if a == b => continue,
@@ -225,7 +215,12 @@ impl Store {
                 (Some(_), None) => Change::Removed,
                 (Some(_), Some(_)) => Change::Changed,
             };
-            rows.push((FileChange { path, change }, now));
+            let stored = match (before, now) {
+                (_, None) => Stored::Removed,
+                (Some(before), Some(now)) if patches < MAX_PATCHES => Stored::patch(&before, now),
+                (_, Some(now)) => Stored::Whole(now),
+            };
+            rows.push((FileChange { path, change }, stored));
         }
         for table in ["room_unversioned", "room_unversioned_authors"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE room_id = $1"))
@@ -257,15 +252,18 @@ impl Store {
         .bind(serde_json::to_string(&files).expect("changes serialise"))
         .execute(&mut *tx)
         .await?;
-        for (file, text) in &rows {
+        for (file, stored) in &rows {
+            let (content, head, tail) = stored.columns();
             sqlx::query(
-                "INSERT INTO room_version_files (room_id, path, since, content) \
-                 VALUES ($1, $2, $3, $4)",
+                "INSERT INTO room_version_files (room_id, path, since, content, keep_head, keep_tail) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&key)
             .bind(&file.path)
             .bind(seq)
-            .bind(text.as_deref())
+            .bind(content)
+            .bind(head)
+            .bind(tail)
             .execute(&mut *tx)
             .await?;
         }
@@ -318,19 +316,8 @@ impl Store {
         seq: i64,
         path: &str,
     ) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query(
-            "SELECT content FROM room_version_files WHERE room_id = $1 AND path = $2 \
-             AND since <= $3 ORDER BY since DESC LIMIT 1",
-        )
-        .bind(id.to_string())
-        .bind(path)
-        .bind(seq)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row
-            .map(|row| row.try_get::<Option<String>, _>(0))
-            .transpose()?
-            .flatten())
+        let mut conn = self.pool.acquire().await?;
+        Ok(text_at(&mut conn, &id.to_string(), path, seq).await?.0)
     }
 
     /// Every file of a version with its text, sorted by path.
@@ -339,19 +326,16 @@ impl Store {
         id: Uuid,
         seq: i64,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT path, content FROM room_version_files AS f WHERE room_id = $1 \
-             AND since = (SELECT MAX(since) FROM room_version_files AS g \
-                          WHERE g.room_id = f.room_id AND g.path = f.path AND g.since <= $2) \
-             AND content IS NOT NULL ORDER BY path",
-        )
-        .bind(id.to_string())
-        .bind(seq)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect()
+        let key = id.to_string();
+        let mut conn = self.pool.acquire().await?;
+        let paths = paths_before(&mut conn, &key, seq + 1).await?;
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            if let (Some(text), _) = text_at(&mut conn, &key, &path, seq).await? {
+                files.push((path, text));
+            }
+        }
+        Ok(files)
     }
 
     /// Drops the versions `keep` does not keep, and the file texts only they needed. Returns
@@ -391,6 +375,25 @@ impl Store {
             .await?
             .rows_affected();
         if dropped > 0 {
+            // Each file's text at the first version kept is stored whole, for the rows after it
+            // to build on.
+            for path in paths_before(&mut tx, &key, first).await? {
+                let (text, patches) = text_at(&mut tx, &key, &path, first).await?;
+                if let (Some(text), 1..) = (text, patches) {
+                    sqlx::query(
+                        "UPDATE room_version_files SET content = $1, keep_head = NULL, \
+                         keep_tail = NULL WHERE room_id = $2 AND path = $3 AND since = \
+                         (SELECT MAX(since) FROM room_version_files \
+                          WHERE room_id = $2 AND path = $3 AND since <= $4)",
+                    )
+                    .bind(text)
+                    .bind(&key)
+                    .bind(&path)
+                    .bind(first)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
             // Of a file's rows older than the first version kept, only the newest is needed
             // (it is that file's text then), and not even that one if it says "removed".
             sqlx::query(
@@ -406,7 +409,7 @@ impl Store {
             .await?;
             sqlx::query(
                 "DELETE FROM room_version_files WHERE room_id = $1 AND since < $2 \
-                 AND content IS NULL",
+                 AND content IS NULL AND keep_head IS NULL",
             )
             .bind(&key)
             .bind(first)
@@ -416,6 +419,157 @@ impl Store {
         tx.commit().await?;
         Ok(dropped)
     }
+}
+
+/// Rows of a file between two whole texts, at most: reading a version applies at most this many
+/// patches.
+const MAX_PATCHES: usize = 32;
+
+/// A file's row in a version.
+enum Stored {
+    Whole(String),
+    /// The row before's first `head` bytes, `middle`, then its last `tail` bytes.
+    Patch {
+        head: usize,
+        middle: String,
+        tail: usize,
+    },
+    Removed,
+}
+
+impl Stored {
+    /// `now` as a patch on `before`, or whole when a patch would not be much smaller.
+    fn patch(before: &str, now: String) -> Stored {
+        let (head, removed, middle) = differing_span(before, &now);
+        if middle.len() + 64 >= now.len() {
+            return Stored::Whole(now);
+        }
+        Stored::Patch {
+            head,
+            middle: middle.to_string(),
+            tail: before.len() - head - removed,
+        }
+    }
+
+    /// `content`, `keep_head`, `keep_tail`.
+    fn columns(&self) -> (Option<&str>, Option<i64>, Option<i64>) {
+        match self {
+            Stored::Whole(text) => (Some(text), None, None),
+            Stored::Patch { head, middle, tail } => {
+                (Some(middle), Some(*head as i64), Some(*tail as i64))
+            }
+            Stored::Removed => (None, None, None),
+        }
+    }
+}
+
+/// A file's text at version `seq` (`None`: it did not exist then), and how many patches were
+/// applied to reach it from a whole text.
+async fn text_at(
+    conn: &mut sqlx::AnyConnection,
+    key: &str,
+    path: &str,
+    seq: i64,
+) -> Result<(Option<String>, usize), StoreError> {
+    // A whole text (or a removal) is never more than MAX_PATCHES rows back.
+    let rows = sqlx::query(
+        "SELECT content, keep_head, keep_tail FROM room_version_files \
+         WHERE room_id = $1 AND path = $2 AND since <= $3 ORDER BY since DESC LIMIT $4",
+    )
+    .bind(key)
+    .bind(path)
+    .bind(seq)
+    .bind(MAX_PATCHES as i64 + 1)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut patches = Vec::new();
+    let mut text = None;
+    for row in &rows {
+        let content: Option<String> = row.try_get(0)?;
+        let head: Option<i64> = row.try_get(1)?;
+        let tail: Option<i64> = row.try_get(2)?;
+        match (content, head, tail) {
+            (Some(middle), Some(head), Some(tail)) => {
+                patches.push((head as usize, middle, tail as usize))
+            }
+            (content, _, _) => {
+                text = Some(content);
+                break;
+            }
+        }
+    }
+    let Some(mut text) = text else {
+        return match rows.is_empty() {
+            true => Ok((None, 0)),
+            false => Err(corrupt(path)),
+        };
+    };
+    let applied = patches.len();
+    for (head, middle, tail) in patches.into_iter().rev() {
+        let before = text.ok_or_else(|| corrupt(path))?;
+        let fits = head + tail <= before.len()
+            && before.is_char_boundary(head)
+            && before.is_char_boundary(before.len() - tail);
+        if !fits {
+            return Err(corrupt(path));
+        }
+        text = Some(format!(
+            "{}{middle}{}",
+            &before[..head],
+            &before[before.len() - tail..]
+        ));
+    }
+    Ok((text, applied))
+}
+
+fn corrupt(path: &str) -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol(format!(
+        "the stored versions of {path:?} do not add up"
+    )))
+}
+
+/// The paths with a row before version `seq`.
+async fn paths_before(
+    conn: &mut sqlx::AnyConnection,
+    key: &str,
+    seq: i64,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT path FROM room_version_files WHERE room_id = $1 AND since < $2 \
+         ORDER BY path",
+    )
+    .bind(key)
+    .bind(seq)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Where two texts differ: the byte offset of the first difference, how many bytes of `old`
+/// from there make way, and what `new` has in their place. Offsets fall on character
+/// boundaries.
+pub(crate) fn differing_span<'a>(old: &str, new: &'a str) -> (usize, usize, &'a str) {
+    let mut head = old
+        .bytes()
+        .zip(new.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    while !old.is_char_boundary(head) || !new.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = old[head..]
+        .bytes()
+        .rev()
+        .zip(new[head..].bytes().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    while !old.is_char_boundary(old.len() - tail) || !new.is_char_boundary(new.len() - tail) {
+        tail -= 1;
+    }
+    (head, old.len() - head - tail, &new[head..new.len() - tail])
 }
 
 /// The strings a query of the notes returns, sorted here (databases' collations differ).

@@ -27,6 +27,7 @@ use yrs::{
 
 use crate::blocking::blocking;
 use crate::config::Limits;
+use crate::history::differing_span;
 use crate::inspect::{inspect, Refusal};
 use crate::paths;
 use crate::relay::{Heartbeat, NodeId, Outlet, Relayed};
@@ -1295,30 +1296,6 @@ fn text_of(state: &State, path: &str) -> Option<String> {
         Some(Out::YText(text)) => Some(text.get_string(&txn)),
         _ => None,
     }
-}
-
-/// Where two texts differ: the byte offset of the first difference, how many bytes of `old`
-/// from there make way, and what `new` has in their place. Offsets fall on character
-/// boundaries (a room's texts count UTF-8 bytes).
-fn differing_span<'a>(old: &str, new: &'a str) -> (usize, usize, &'a str) {
-    let mut head = old
-        .bytes()
-        .zip(new.bytes())
-        .take_while(|(a, b)| a == b)
-        .count();
-    while !old.is_char_boundary(head) || !new.is_char_boundary(head) {
-        head -= 1;
-    }
-    let mut tail = old[head..]
-        .bytes()
-        .rev()
-        .zip(new[head..].bytes().rev())
-        .take_while(|(a, b)| a == b)
-        .count();
-    while !old.is_char_boundary(old.len() - tail) || !new.is_char_boundary(new.len() - tail) {
-        tail -= 1;
-    }
-    (head, old.len() - head - tail, &new[head..new.len() - tail])
 }
 
 /// The `user.name` of a presence state, if it has one (short, one line).
