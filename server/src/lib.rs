@@ -1,11 +1,12 @@
 //! duet's room server, and the small library it shares with the bridge.
 //!
 //! Without the `server` feature this crate is only [`paths`], [`protocol`],
-//! [`bucket`], [`digest`] and [`autocomplete`]: the rules
+//! [`bucket`], [`clock`], [`digest`] and [`autocomplete`]: the rules
 //! that both binaries must apply identically live here, once.
 
 pub mod autocomplete;
 pub mod bucket;
+pub mod clock;
 pub mod digest;
 pub mod paths;
 pub mod protocol;

@@ -26,6 +26,7 @@ use yrs::{
 };
 
 use crate::blocking::blocking;
+use crate::clock::now_ms;
 use crate::config::Limits;
 use crate::history::differing_span;
 use crate::inspect::{inspect, Refusal};
@@ -1409,13 +1410,6 @@ fn scan_map(doc: &Doc, files: &MapRef) -> (Sizes, Vec<String>) {
         }
     }
     (sizes, invalid)
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::auth;
 use crate::blocking::blocking;
+use crate::clock::now_ms;
 use crate::config::{History, Limits, Persistence};
 use crate::connections::Connections;
 use crate::gate::Gate;
@@ -33,7 +34,7 @@ use crate::history::{Reason, Take, Version};
 use crate::metrics::Metrics;
 use crate::paths::{self, PathError};
 use crate::relay::{self, NodeId, Place, Relay, Relayed};
-use crate::room::{close, now_ms, CloseReason, FileInfo, FlushBatch, Room, RoomMeta};
+use crate::room::{close, CloseReason, FileInfo, FlushBatch, Room, RoomMeta};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
