@@ -951,5 +951,14 @@ async fn a_newcomer_finds_the_rooms_files_and_its_peers() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("duet-neovim-status.txt"));
     std::fs::write(&snapshot, &status).expect("snapshot");
+
+    // :DuetFollow bob, who goes to ideas.txt, which the folder lacks: Neovim follows him there.
+    nv.cmd("A", "DuetFollow bob").await;
+    nv.wait_note("A", "following bob", None).await;
+    bob.set_presence(presence("ideas.txt", 2));
+    wait_buffer(&mut nv, "ideas.txt").await;
+    wait_lines(&mut nv, "A", "ideas.txt", &["more"]).await;
+    wait_cursor(&mut nv, "A", 1, 2).await;
+    assert!(ws.0.join("ideas.txt").exists());
     nv.quit().await;
 }

@@ -1384,6 +1384,20 @@ async fn vscode_newcomer_finds_the_bridge_the_rooms_files_and_its_peers() {
         .call(json!({"cmd": "screenshot", "path": screenshot}))
         .await;
 
+    // Follow a peer…: bob goes to ideas.txt, which the folder lacks; VS Code follows him there.
+    vscode
+        .call(json!({"cmd": "palette", "command": "duet: Follow a peer", "pick": "bob"}))
+        .await;
+    bob.set_presence(json!({"user": {"name": "bob", "color": "#61afef"},
+        "cursor": {"file": "ideas.txt", "anchor": 2, "head": 2}}));
+    vscode
+        .wait_dom("VS Code following bob into ideas.txt", |d| {
+            d["activeTab"] == "ideas.txt"
+                && d["viewLines"].as_str().is_some_and(|t| t.contains("more"))
+        })
+        .await;
+    assert!(workspace_dir.join("ideas.txt").exists());
+
     // Offline: said until back online; no peer count meanwhile.
     server.terminate().await;
     let dom = vscode

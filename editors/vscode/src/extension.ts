@@ -536,9 +536,11 @@ class Duet {
       this.stopFollowing();
     } else if (peer) {
       this.following = peer.clientId;
-      this.followedUri = undefined;
+      // Where the peer is now: they may have moved while the list was open.
+      const current = this.peers.find((p) => p.clientId === peer.clientId) ?? peer;
+      this.followedUri = current.uri;
       this.render();
-      await this.reveal(peer, true);
+      await this.reveal(current, true);
     }
   }
 
