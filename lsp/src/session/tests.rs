@@ -464,9 +464,10 @@ async fn peers_are_shown_where_they_are_in_the_editors_encoding() {
 
 #[tokio::test]
 async fn our_cursor_after_typing_non_ascii_is_counted_in_the_editors_encoding() {
-    let (mut editor, mut peer, uri) = joined_with_file(PositionEncodingKind::UTF8, "héllo\n");
-    // "ü" typed after "héllo": at byte 6, ending at char 6.
-    editor.change(&uri, 2, at(0, 6), "ü");
+    let (mut editor, mut peer, uri) = joined_with_file(PositionEncodingKind::UTF8, "é🎉llo\n");
+    // "ü" typed after "é🎉llo": at byte 9 (UTF-8), ending at char 6, which is UTF-16 unit 7
+    // (the emoji takes two) — what the room counts in.
+    editor.change(&uri, 2, at(0, 9), "ü");
     editor.send_to(&mut peer);
     let ann = &peer.peers()[0];
     assert_eq!(ann.name, "ann");
@@ -474,8 +475,8 @@ async fn our_cursor_after_typing_non_ascii_is_counted_in_the_editors_encoding() 
         ann.cursor,
         Some(Cursor {
             file: "a.txt".into(),
-            anchor: Some(6),
-            head: 6
+            anchor: Some(7),
+            head: 7
         })
     );
     assert_eq!(ann.color, "#123456");
