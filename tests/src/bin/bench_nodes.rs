@@ -10,9 +10,13 @@
 //! messages and bytes published to Redis (heartbeats of the run included). Each figure is the
 //! median of `--runs` runs (3; 1 with `--quick`, which also makes fewer edits).
 //!
+//! Then idle connections: 10,000 peers (1,000 with `--quick`) in rooms of 10 on one node with
+//! the relay, that do nothing once joined: the node's memory (RSS) and descriptors, per peer.
+//! Each side holds a descriptor per peer: the limit (`ulimit -n`) must be above 10,000.
+//!
 //! ```sh
-//! cargo build --release -p duet-e2e --bin bench-nodes -p duet-server
-//! cargo run --release -p duet-e2e --bin bench-nodes [-- --quick] [--runs N]
+//! cargo build --release -p duet-e2e --bin bench-nodes && cargo build --release -p duet-server
+//! ulimit -n 20000; cargo run --release -p duet-e2e --bin bench-nodes [-- --quick] [--runs N]
 //! ```
 
 use std::time::{Duration, Instant};
@@ -26,20 +30,27 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, Map, Text, TextPrelim, Transact};
+use yrs::{Doc, Map, StateVector, Text, TextPrelim, Transact};
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A raw y-websocket connection.
+/// A raw y-websocket connection, in the room: its sync step 1 has been answered.
 async fn connect(url: &str) -> Socket {
-    tokio_tungstenite::connect_async(url)
+    let mut socket = tokio_tungstenite::connect_async(url)
         .await
         .expect("WebSocket")
-        .0
+        .0;
+    let hello = Message::Sync(SyncMessage::SyncStep1(StateVector::default())).encode_v1();
+    socket
+        .send(WsMessage::Binary(hello.into()))
+        .await
+        .expect("send");
+    next_update(&mut socket).await;
+    socket
 }
 
-/// Waits for the next document update on `socket`; awareness and sync handshakes are skipped.
+/// Waits for the next document update (or sync step 2) on `socket`; anything else is skipped.
 async fn next_update(socket: &mut Socket) {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
@@ -69,6 +80,41 @@ fn cpu_seconds(pid: u32) -> f64 {
         .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
         .unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// A process's resident memory in MiB and its open descriptors.
+fn footprint(pid: u32) -> (f64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    (rss_kb / 1024.0, fds)
+}
+
+/// `peers` idle peers in rooms of 10 on `node`: its memory and descriptors before and after.
+async fn idle(node: &Server, peers: usize) {
+    let (rss0, fds0) = footprint(node.pid());
+    let mut sockets = Vec::with_capacity(peers);
+    let mut room = None;
+    for i in 0..peers {
+        if i % 10 == 0 {
+            room = Some(node.create_room_with(&[("a.txt", "idle\n")]).await);
+        }
+        let room = room.as_ref().expect("a room");
+        sockets.push(connect(&node.ws_url(room)).await);
+    }
+    // Heartbeats and peer counts of every room have gone round.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (rss, fds) = footprint(node.pid());
+    println!(
+        "idle: {peers} peers in {} rooms on one node with the relay: RSS {rss0:.0} → {rss:.0} MiB ({:.1} KiB a peer, rooms included), descriptors {fds0} → {fds}",
+        peers.div_ceil(10),
+        (rss - rss0) * 1024.0 / peers as f64
+    );
+    assert_eq!(node.metric("duet_connections_open").await as usize, peers);
 }
 
 /// Relay messages and bytes the nodes have published so far.
@@ -103,9 +149,10 @@ async fn run(nodes: &[Server], readers: &[usize], room: &RoomRef, edits: usize) 
     let doc = Doc::new();
     let files = doc.get_or_insert_map("files");
     let name = format!("w{}.txt", uuid::Uuid::new_v4().simple());
-    let text = {
+    let (text, first) = {
         let mut txn = doc.transact_mut();
-        files.insert(&mut txn, name.as_str(), TextPrelim::new(""))
+        let text = files.insert(&mut txn, name.as_str(), TextPrelim::new(""));
+        (text, txn.encode_update_v1())
     };
     let send = |update: Vec<u8>| {
         WsMessage::Binary(
@@ -114,7 +161,6 @@ async fn run(nodes: &[Server], readers: &[usize], room: &RoomRef, edits: usize) 
                 .into(),
         )
     };
-    let first = doc.transact_mut().encode_update_v1();
     writer.send(send(first)).await.expect("send");
     for socket in &mut sockets {
         next_update(socket).await;
@@ -219,4 +265,19 @@ async fn main() {
         messages.show(2),
         bytes.show(0)
     );
+    drop(single);
+
+    let idler = Server::start(
+        &db,
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--max-connections",
+            "20000",
+            "--max-rooms-per-minute",
+            "100000",
+        ],
+    )
+    .await;
+    idle(&idler, args.pick(10_000, 1_000)).await;
 }
