@@ -424,6 +424,10 @@ impl Rooms {
             entry.room.close(reason);
             if let Some(relay) = &self.shared.relay {
                 relay.unsubscribe(id).await;
+                // Loaded again meanwhile (a peer came back as it unloaded): keep listening.
+                if self.loaded(id).is_some() {
+                    relay.subscribe(id).await;
+                }
             }
         }
     }
