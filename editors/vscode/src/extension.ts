@@ -15,11 +15,13 @@ import * as vscode from 'vscode';
 import {
   ApplyWorkspaceEditParams,
   ApplyWorkspaceEditResult,
+  DynamicFeature,
   ExecuteCommandRequest,
   LanguageClient,
   LanguageClientOptions,
   ServerOptions,
   State,
+  StaticFeature,
   TextDocumentEdit,
 } from 'vscode-languageclient/node';
 
@@ -257,13 +259,7 @@ class Duet {
       initializationOptions: options,
       outputChannel: this.output,
     };
-    const client = new LanguageClient('duet', 'duet', serverOptions, clientOptions);
-    // The bridge's commands are ours (they need an input box, the clipboard, ...): keep the client
-    // from registering its own VS Code commands under the same names.
-    const commands = client.getFeature(ExecuteCommandRequest.method);
-    if (commands) {
-      (commands as unknown as { register: () => void }).register = () => {};
-    }
+    const client = new DuetClient('duet', 'duet', serverOptions, clientOptions);
     client.onNotification('duet/status', (status: Status) => this.onStatus(status));
     client.onNotification('duet/peers', (params: { peers: Peer[] }) => this.onPeers(params.peers ?? []));
     client.onNotification('window/showMessage', (message: Message) => this.onMessage(message));
@@ -1044,6 +1040,20 @@ class Duet {
 }
 
 // ----- helpers ---------------------------------------------------------------------------------
+
+/**
+ * The language client without its command feature. The bridge's commands are the extension's own
+ * (they need an input box, the clipboard, ...) and send `workspace/executeCommand` themselves; the
+ * stock feature would register VS Code commands under the same names as the bridge lists them.
+ */
+class DuetClient extends LanguageClient {
+  override registerFeature(feature: StaticFeature | DynamicFeature<unknown>): void {
+    if ('registrationType' in feature && feature.registrationType.method === ExecuteCommandRequest.method) {
+      return;
+    }
+    super.registerFeature(feature);
+  }
+}
 
 /** The bridge binary: `duet.path` if set (with `~` and `${workspaceFolder}`), else `duet-lsp` on PATH. */
 function findBridge(configured: string): string | undefined {
