@@ -112,6 +112,11 @@ impl Workspace {
         let file = self.root.join(STATUS_FILE);
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
+            // The status holds the room's invite, token included: git must not pick it up.
+            let ignore = dir.join(".gitignore");
+            if !ignore.exists() {
+                std::fs::write(ignore, "*\n")?;
+            }
         }
         std::fs::write(&file, text)?;
         Ok(file)

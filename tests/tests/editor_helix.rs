@@ -1045,6 +1045,11 @@ async fn helix_reads_the_status_the_invite_and_a_lasting_offline_sign() {
         "the invite on a line of its own in {}:\n{text}",
         status_file.display()
     );
+    // The token is in that file: git is told to leave the folder alone.
+    assert_eq!(
+        std::fs::read_to_string(helix.workspace().join(".duet/.gitignore")).ok(),
+        Some("*\n".to_string())
+    );
 
     let room = duet_e2e::server::RoomRef {
         id: invite
