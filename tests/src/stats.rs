@@ -1,6 +1,7 @@
-//! What the benchmarks (`bench-bridge`, `bench-room`, `bench-history`) share: their flags, the
-//! machine they ran on, the source text they edit, percentiles of one run's samples, and the
-//! median (with min–max) of a figure over runs.
+//! What the benchmarks (`bench-bridge`, `bench-room`, `bench-history`, `bench-nodes`,
+//! `bench-limits`) share: their flags, the machine they ran on, the source text they edit,
+//! percentiles of one run's samples, the median (with min–max) of a figure over runs, and a
+//! process's CPU time.
 
 use std::fmt;
 use std::time::Duration;
@@ -70,6 +71,20 @@ pub fn machine() -> String {
         ram_kb / 1024.0 / 1024.0,
         read("/proc/sys/kernel/osrelease").trim()
     )
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc` (10 ms ticks).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
 }
 
 /// `size` bytes of Python-like source, in lines.

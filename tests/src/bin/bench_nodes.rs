@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use duet_e2e::pg::Cluster;
 use duet_e2e::redis::Redis;
 use duet_e2e::server::{Backend, Database, RoomRef, Server};
-use duet_e2e::stats::{machine, Args, Latency, Runs};
+use duet_e2e::stats::{cpu_seconds, machine, Args, Latency, Runs};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use yrs::sync::{Message, SyncMessage};
@@ -66,20 +66,6 @@ async fn next_update(socket: &mut Socket) {
             }
         }
     }
-}
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
-    ticks / 100.0
 }
 
 /// A process's resident memory in MiB and its open descriptors.
