@@ -1031,12 +1031,22 @@ fn markers_in(text: &str) -> Vec<String> {
 /// Where an edit may begin or end: not inside a marker, not between `\r` and `\n` (no editor
 /// puts a cursor there). The very end of the text (after a final line break, or with none) is
 /// where people type too, except in Neovim, whose text as read here ends with the line break
-/// it keeps outside its lines (its end of the last line is one character before).
+/// it keeps outside its lines (its end of the last line is one character before). Neovim's
+/// cursor sits on whole characters as it draws them: a zero-width joiner (left alone when an
+/// edit split an emoji sequence) or a combining mark belongs to the character before it, so
+/// a cursor put between the two lands before both — typing meant for after `«h.41»` in
+/// `«h.41»\u{200d}` went inside the marker, and a run counted it lost.
 fn allowed(text: &[char], mask: &[bool], at: usize, kind: Kind) -> bool {
     let end = text.len().saturating_sub(usize::from(kind == Kind::Neovim));
+    let joins = |c: Option<&char>| {
+        c.is_some_and(
+            |&c| matches!(c, '\u{200d}' | '\u{fe00}'..='\u{fe0f}' | '\u{300}'..='\u{36f}'),
+        )
+    };
     at <= end
         && (at == 0 || !mask[at - 1] || text[at - 1] == '»')
         && !(at > 0 && text[at - 1] == '\r' && text.get(at) == Some(&'\n'))
+        && !(kind == Kind::Neovim && at > 0 && (joins(text.get(at)) || joins(text.get(at - 1))))
 }
 
 fn filler(rng: &mut Rng) -> String {
