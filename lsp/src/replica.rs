@@ -20,6 +20,7 @@ use yrs::{
 };
 
 use duet_server::protocol::{Cursor, Presence};
+use duet_server::span::differing_span;
 use thiserror::Error;
 
 use crate::ot::Component;
@@ -30,6 +31,10 @@ const LOCAL: &str = "duet-lsp";
 /// Origin of the edits that follow the editor's rewriting of ours (its line breaks): ours
 /// too, but nothing the user's undo should undo.
 const EDITOR_FORM: &str = "duet-lsp/editor-form";
+
+/// Origin of a restore of a version by this user: their own edit, which their undo tracks, but
+/// one their editor does not have yet, so it is reported like a peer's and sent like an undo.
+const RESTORE: &str = "duet-lsp/restore";
 
 fn ours(origin: Option<&Origin>) -> bool {
     origin.is_some_and(|o| *o == Origin::from(LOCAL) || *o == Origin::from(EDITOR_FORM))
@@ -86,8 +91,8 @@ pub struct Replica {
     linked: Vec<(String, TextRef)>,
     /// Per linked file, the user's own edits, to undo and redo (see [`Replica::undo`]).
     undo: HashMap<String, UndoManager>,
-    /// Updates made by undoing or redoing, to send.
-    undo_updates: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Updates made by undoing, redoing or restoring, to send.
+    made_updates: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 /// Undo or redo.
@@ -110,10 +115,11 @@ impl Replica {
             ..Options::default()
         });
         let files = doc.get_or_insert_map("files");
-        // Undoing is a transaction of its undo manager's origin: neither ours (LOCAL, sent as
-        // it is made) nor a peer's (no origin). Its update is collected here, to be sent.
-        let undo_updates: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let collected = undo_updates.clone();
+        // Undoing is a transaction of its undo manager's origin, a restore one of RESTORE:
+        // neither ours (LOCAL, sent as it is made) nor a peer's (no origin). Their updates are
+        // collected here, to be sent.
+        let made_updates: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let collected = made_updates.clone();
         doc.observe_update_v1(LOCAL, move |txn, event| {
             if txn.origin().is_some() && !ours(txn.origin()) {
                 collected
@@ -129,7 +135,7 @@ impl Replica {
             changes: Arc::default(),
             linked: Vec::new(),
             undo: HashMap::new(),
-            undo_updates,
+            made_updates,
         }
     }
 
@@ -261,7 +267,7 @@ impl Replica {
         });
         let mut undo = UndoManager::with_options(UndoOptions {
             capture_timeout_millis: UNDO_CAPTURE_MS,
-            tracked_origins: HashSet::from([Origin::from(LOCAL)]),
+            tracked_origins: HashSet::from([Origin::from(LOCAL), Origin::from(RESTORE)]),
             ..UndoOptions::default()
         });
         undo.expand_scope(self.doc(), &text);
@@ -293,13 +299,79 @@ impl Replica {
                 History::Redo => undo.redo_blocking(),
             })
             .count();
+        (done, self.take_made_updates())
+    }
+
+    /// Gives files the texts of `wanted` (`None`: removes the file), and with `only_these`
+    /// removes every other file, as one edit of the user's own: each linked file's undo then
+    /// takes its part back in one step. A file is changed by replacing only the span that
+    /// differs (inserting the new text before it, then deleting it, as the server's restore
+    /// does), so what peers type elsewhere in it stays. The change is reported like a peer's
+    /// ([`Replica::take_remote_changes`]). Returns the paths changed and the frames to send.
+    pub fn restore(
+        &mut self,
+        wanted: &[(String, Option<String>)],
+        only_these: bool,
+    ) -> (Vec<String>, Vec<Vec<u8>>) {
+        let mut targets: Vec<(String, Option<&str>)> = wanted
+            .iter()
+            .map(|(path, text)| (path.clone(), text.as_deref()))
+            .collect();
+        if only_these {
+            let others: Vec<String> = self
+                .paths()
+                .into_iter()
+                .filter(|path| !wanted.iter().any(|(p, _)| p == path))
+                .collect();
+            targets.extend(others.into_iter().map(|path| (path, None)));
+        }
+        // The restore is a step of its own: neither the typing before it nor that after it.
+        self.undo.values_mut().for_each(UndoManager::reset);
+        let mut changed = Vec::new();
+        {
+            let mut txn = self.doc().transact_mut_with(RESTORE);
+            for (path, text) in &targets {
+                let existing = match self.files.get(&txn, path) {
+                    Some(Out::YText(existing)) => Some(existing),
+                    _ => None,
+                };
+                match (text, existing) {
+                    (None, None) => continue,
+                    (None, Some(_)) => {
+                        self.files.remove(&mut txn, path);
+                    }
+                    (Some(text), Some(existing)) => {
+                        let now = existing.get_string(&txn);
+                        if now == *text {
+                            continue;
+                        }
+                        let (at, removed, inserted) = differing_span(&now, text);
+                        let at16 = utf16_len(&now[..at]);
+                        existing.insert(&mut txn, at16, inserted);
+                        let after = at16 + utf16_len(inserted);
+                        existing.remove_range(&mut txn, after, utf16_len(&now[at..at + removed]));
+                    }
+                    (Some(text), None) => {
+                        self.files
+                            .insert(&mut txn, path.as_str(), TextPrelim::new(*text));
+                    }
+                }
+                changed.push(path.clone());
+            }
+        }
+        self.undo.values_mut().for_each(UndoManager::reset);
+        (changed, self.take_made_updates())
+    }
+
+    /// The frames of the updates made by undoing, redoing or restoring, to send.
+    fn take_made_updates(&self) -> Vec<Vec<u8>> {
         let updates = std::mem::take(
             &mut *self
-                .undo_updates
+                .made_updates
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        (done, updates.into_iter().map(update_frame).collect())
+        updates.into_iter().map(update_frame).collect()
     }
 
     /// True when the room's entry for a linked path is no longer the text we follow: removed,
@@ -383,6 +455,11 @@ impl Replica {
     }
 }
 
+/// A text's length in UTF-16 code units: the replica's offsets.
+fn utf16_len(text: &str) -> u32 {
+    text.encode_utf16().count() as u32
+}
+
 /// The frame that sends a document update.
 pub fn update_frame(update: Vec<u8>) -> Vec<u8> {
     Message::Sync(SyncMessage::Update(update)).encode_v1()
@@ -416,6 +493,57 @@ mod tests {
         for frame in frames {
             to.receive(frame).unwrap();
         }
+    }
+
+    #[test]
+    fn a_restore_is_one_step_of_our_own_in_utf16_offsets() {
+        let (mut a, mut b) = (Replica::new(), Replica::new());
+        let created = a.create("f.txt", "🎉 x 🎉 old 🎉\n");
+        receive_all(&mut b, &[created]);
+        a.link("f.txt");
+        // Typed just before the restore (within one undo burst): a step of its own still.
+        let typed = a.edit("f.txt", &[splice(0, 0, "ann ")]).unwrap();
+        receive_all(&mut b, &[typed]);
+        let wanted = [
+            (
+                "f.txt".to_string(),
+                Some("ann 🎉 x 🎉 new 🎉\n".to_string()),
+            ),
+            ("back.txt".to_string(), Some("é".to_string())),
+        ];
+        let (changed, frames) = a.restore(&wanted, false);
+        assert_eq!(changed, ["f.txt", "back.txt"]);
+        assert_eq!(a.text("f.txt").unwrap(), "ann 🎉 x 🎉 new 🎉\n");
+        receive_all(&mut b, &frames);
+        assert_eq!(b.text("f.txt").unwrap(), "ann 🎉 x 🎉 new 🎉\n");
+        assert_eq!(b.text("back.txt").as_deref(), Some("é"));
+        // The editor is told like a peer's change: only the span that differs (UTF-16).
+        assert_eq!(
+            a.take_remote_changes(),
+            vec![(
+                "f.txt".to_string(),
+                vec![
+                    Component::Retain(12),
+                    Component::Insert("new".into()),
+                    Component::Delete(3)
+                ]
+            )]
+        );
+        // A peer types at the end; one undo takes back the restore only: the peer's typing and
+        // ann's own from before stay.
+        let typed = b.edit("f.txt", &[splice(18, 0, "bob")]).unwrap();
+        receive_all(&mut a, &[typed]);
+        let (done, frames) = a.undo("f.txt", History::Undo, 1);
+        assert_eq!(done, 1);
+        assert_eq!(a.text("f.txt").unwrap(), "ann 🎉 x 🎉 old 🎉bob\n");
+        receive_all(&mut b, &frames);
+        assert_eq!(b.text("f.txt").unwrap(), a.text("f.txt").unwrap());
+        // Restoring all removes the files the version lacks; nothing changes twice.
+        let only = [("f.txt".to_string(), Some("🎉\n".to_string()))];
+        let (changed, _) = a.restore(&only, true);
+        assert_eq!(changed, ["f.txt", "back.txt"]);
+        assert_eq!(a.paths(), ["f.txt"]);
+        assert_eq!(a.restore(&only, true).0, Vec::<String>::new());
     }
 
     #[test]

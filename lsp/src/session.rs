@@ -78,6 +78,8 @@ pub enum Event {
         Result<Invite, commands::CreateRoomError>,
         oneshot::Sender<CommandResult>,
     ),
+    /// A version's texts, fetched for `duet.restore`: to apply as the user's own edit.
+    Restore(Box<history::Fetched>, oneshot::Sender<CommandResult>),
     /// Time to look at held edits again.
     Tick,
     /// The editor sent a message that is not valid UTF-8 (see [`crate::transport`]); it follows
@@ -225,6 +227,7 @@ impl Session {
                 self.apply_edit_answered(&uri, id, applied)
             }
             Event::RoomCreated(result, reply) => self.room_created(result, reply),
+            Event::Restore(fetched, reply) => self.restore(*fetched, reply),
             Event::InvalidUtf8 { method, uri } => self.invalid_utf8(&method, uri),
             Event::Tick => {
                 let uris: Vec<Url> = self.docs.keys().cloned().collect();

@@ -68,6 +68,7 @@ pub fn router(state: AppState) -> Router {
             "/rooms/{id}/versions",
             get(list_versions).post(create_version),
         )
+        .route("/rooms/{id}/versions/{version}", get(version_info))
         .route(
             "/rooms/{id}/versions/{version}/files/{*path}",
             get(version_file),
@@ -493,6 +494,34 @@ fn parse_version(version: &str) -> ApiResult<i64> {
                 "malformed version {version:?}: expected a version id, as GET /rooms/{{id}}/versions lists them"
             ))
         })
+}
+
+/// One version, with the paths of every file it has (`paths`, sorted): what a restore of all
+/// of it gives the room.
+async fn version_info(
+    State(app): State<AppState>,
+    Path((id, version)): Path<(String, String)>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let meta = authorize(&app.rooms, &id, &headers, &query).await?;
+    let version = parse_version(&version)?;
+    let store = app.rooms.store();
+    let found = store
+        .version(meta.id, version)
+        .await
+        .map_err(RoomsError::from)?
+        .ok_or(RoomsError::NoVersion)?;
+    let paths: Vec<String> = store
+        .version_files(meta.id, version)
+        .await
+        .map_err(RoomsError::from)?
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    let mut answer = json!(found);
+    answer["paths"] = json!(paths);
+    Ok(Json(answer))
 }
 
 async fn version_file(

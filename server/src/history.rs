@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::span::differing_span;
 use crate::store::{Store, StoreError};
 
 /// Why a version was taken.
@@ -546,30 +547,6 @@ async fn paths_before(
         .iter()
         .map(|row| row.try_get(0))
         .collect::<Result<_, _>>()?)
-}
-
-/// Where two texts differ: the byte offset of the first difference, how many bytes of `old`
-/// from there make way, and what `new` has in their place. Offsets fall on character
-/// boundaries.
-pub(crate) fn differing_span<'a>(old: &str, new: &'a str) -> (usize, usize, &'a str) {
-    let mut head = old
-        .bytes()
-        .zip(new.bytes())
-        .take_while(|(a, b)| a == b)
-        .count();
-    while !old.is_char_boundary(head) || !new.is_char_boundary(head) {
-        head -= 1;
-    }
-    let mut tail = old[head..]
-        .bytes()
-        .rev()
-        .zip(new[head..].bytes().rev())
-        .take_while(|(a, b)| a == b)
-        .count();
-    while !old.is_char_boundary(old.len() - tail) || !new.is_char_boundary(new.len() - tail) {
-        tail -= 1;
-    }
-    (head, old.len() - head - tail, &new[head..new.len() - tail])
 }
 
 /// The strings a query of the notes returns, sorted here (databases' collations differ).

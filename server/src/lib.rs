@@ -1,7 +1,7 @@
 //! duet's room server, and the small library it shares with the bridge.
 //!
 //! Without the `server` feature this crate is only [`paths`], [`protocol`],
-//! [`bucket`], [`clock`], [`digest`] and [`autocomplete`]: the rules
+//! [`bucket`], [`clock`], [`digest`], [`span`] and [`autocomplete`]: the rules
 //! that both binaries must apply identically live here, once.
 
 pub mod autocomplete;
@@ -10,6 +10,7 @@ pub mod clock;
 pub mod digest;
 pub mod paths;
 pub mod protocol;
+pub mod span;
 
 #[cfg(feature = "server")]
 pub mod api;

@@ -28,10 +28,10 @@ use yrs::{
 use crate::blocking::blocking;
 use crate::clock::now_ms;
 use crate::config::Limits;
-use crate::history::differing_span;
 use crate::inspect::{inspect, Refusal};
 use crate::paths;
 use crate::relay::{Heartbeat, NodeId, Outlet, Relayed};
+use crate::span::differing_span;
 
 /// The root map every room keeps its files in: path → `Y.Text`.
 pub const FILES: &str = "files";
@@ -1557,19 +1557,6 @@ mod tests {
         drop(txn);
         room.flushed();
         assert!(!room.has_unflushed());
-    }
-
-    #[test]
-    fn a_restore_replaces_only_the_span_that_differs_on_character_boundaries() {
-        assert_eq!(differing_span("abcXdef", "abcYYdef"), (3, 1, "YY"));
-        assert_eq!(differing_span("same", "same"), (4, 0, ""));
-        assert_eq!(differing_span("", "new"), (0, 0, "new"));
-        assert_eq!(differing_span("old", ""), (0, 3, ""));
-        // é (C3 A9) and è (C3 A8) share their first byte; 🎉 and 🎊 their first three.
-        assert_eq!(differing_span("café!", "cafè!"), (3, 2, "è"));
-        assert_eq!(differing_span("a🎉b", "a🎊b"), (1, 4, "🎊"));
-        // Repeats: the shared tail never overlaps the shared head.
-        assert_eq!(differing_span("aa", "aaa"), (2, 0, "a"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Undo means "my own edits" (`docs/design.md`): `duet.undo` / `duet.redo` undo and redo only the
 //! edits this editor's user made, as a change of the room that every peer receives, and put
 //! the cursor where the text changed. Through every kind of scripted editor, a real server and
-//! a stock Yjs peer.
+//! a stock Yjs peer; and a restore from the editor, which is the user's own edit too.
 
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use duet_e2e::editor::{converge, wait_server_file, FakeEditor, Kind, WAIT};
 use duet_e2e::server::{Backend, Database, RoomRef, Server};
 use duet_e2e::yclient::YClient;
 use serde_json::{json, Value};
+use yrs::{Map, TextPrelim};
 
 const PATH: &str = "notes.txt";
 
@@ -173,4 +174,100 @@ async fn undo_outside_a_shared_document_is_a_clear_error() {
         .expect_err("not open");
     assert!(error.to_string().contains("not shared"), "{error}");
     assert_eq!(server.file(&room, PATH).await.as_deref(), Some("x\n"));
+}
+
+/// A restore from the editor is the restorer's own edit: the peer receives it live; the
+/// restorer's undo takes the whole restore back in one step, and only it (what the peer typed
+/// since stays, and what the restore replaced comes back); redo restores again. A version of
+/// what the restore replaced is taken first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_is_the_restorers_edit_that_their_undo_takes_back() {
+    let (_db, server, room) = setup("alpha\nbeta\ngamma\n").await;
+    let a = FakeEditor::joined(Kind::VsCode, "ann", &server, &room, PATH).await;
+    let peer = YClient::join(&server.ws_url(&room)).await;
+    let eds = [&a];
+    assert_eq!(server.take_version(&room, "start").await["id"], json!(1));
+
+    // Ann edits a line, the peer adds one: the restore replaces both.
+    a.type_text(PATH, chars("alpha\nbeta"), " edited by ann")
+        .await;
+    converge_to(&server, &room, &eds, "alpha\nbeta edited by ann\ngamma\n").await;
+    peer.append(PATH, "delta\n");
+    let edited = "alpha\nbeta edited by ann\ngamma\ndelta\n";
+    a.wait_text(PATH, edited, WAIT).await;
+    let restored = a
+        .execute_command("duet.restore", json!([1, PATH]))
+        .await
+        .unwrap();
+    assert_eq!(restored["restored"], json!([PATH]), "{restored}");
+    let before = &restored["before"];
+    assert_eq!(before["label"], json!("before restoring version 1"));
+    let start = "alpha\nbeta\ngamma\n";
+    peer.wait_text(PATH, start, WAIT).await;
+    converge_to(&server, &room, &eds, start).await;
+    // The version taken first holds what the restore replaced.
+    let before_id = before["id"].as_i64().unwrap();
+    assert_eq!(
+        server.version_file(&room, before_id, PATH).await.as_deref(),
+        Some(edited)
+    );
+
+    // The peer types at the start; then ann undoes once: the restore goes, what it replaced
+    // comes back, and the peer's new typing stays.
+    peer.insert(PATH, 0, "zero\n");
+    a.wait_text(PATH, &format!("zero\n{start}"), WAIT).await;
+    let mark = a.mark();
+    assert_eq!(a.history("duet.undo", PATH, 1).await, 1);
+    let undone = format!("zero\n{edited}");
+    converge_to(&server, &room, &eds, &undone).await;
+    peer.wait_text(PATH, &undone, WAIT).await;
+    assert_eq!(cursor_shown_after(&a, mark).await, (2, 4));
+
+    // Redo restores again, keeping the peer's typing.
+    assert_eq!(a.history("duet.redo", PATH, 1).await, 1);
+    let redone = format!("zero\n{start}");
+    converge_to(&server, &room, &eds, &redone).await;
+    peer.wait_text(PATH, &redone, WAIT).await;
+
+    a.assert_no_violations();
+}
+
+/// Restoring all of a version from the editor re-creates the files removed since and removes
+/// those the version did not have, for every peer; a file the version lacks is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_all_of_a_version_brings_back_its_files() {
+    let db = Database::new(Backend::Sqlite);
+    let server = Server::start(&db, &[]).await;
+    let room = server
+        .create_room_with(&[(PATH, "kept\n"), ("gone.txt", "was here\n")])
+        .await;
+    let a = FakeEditor::joined(Kind::Helix, "ann", &server, &room, PATH).await;
+    let peer = YClient::join(&server.ws_url(&room)).await;
+    assert_eq!(server.take_version(&room, "start").await["id"], json!(1));
+    peer.transact(|txn, files| {
+        files.remove(txn, "gone.txt");
+        files.insert(txn, "new.txt", TextPrelim::new("new"));
+    });
+    wait_server_file(&server, &room, "new.txt", "new", WAIT, &[&a]).await;
+
+    let error = a
+        .execute_command("duet.restore", json!([1, "new.txt"]))
+        .await
+        .expect_err("new.txt is not in version 1");
+    assert!(error.to_string().contains("no file"), "{error}");
+
+    let restored = a.execute_command("duet.restore", json!([1])).await.unwrap();
+    assert_eq!(
+        restored["restored"],
+        json!(["gone.txt", "new.txt"]),
+        "{restored}"
+    );
+    peer.wait_text("gone.txt", "was here\n", WAIT).await;
+    duet_e2e::eventually(WAIT, "new.txt to go", || async {
+        peer.text("new.txt").is_none().then_some(())
+    })
+    .await;
+    assert_eq!(peer.text(PATH).as_deref(), Some("kept\n"));
+    wait_server_file(&server, &room, "gone.txt", "was here\n", WAIT, &[&a]).await;
+    assert_eq!(server.file(&room, "new.txt").await, None);
 }

@@ -120,6 +120,24 @@ async fn versions_over_rest(backend: Backend) {
         Some("n\n")
     );
     assert_eq!(server.version_file(&room, 1, "new.txt").await, None);
+    // A version alone, with every file it has (a restore of all of it gives the room those).
+    for (id, paths) in [
+        (1, json!(["main.py", "notes.md"])),
+        (2, json!(["new.txt", "notes.md"])),
+        (3, json!(["new.txt", "notes.md"])),
+    ] {
+        let (status, version) = server
+            .call(Method::GET, &room, &format!("/versions/{id}"), None)
+            .await;
+        assert_eq!(status, 200, "{version}");
+        assert_eq!(
+            (version["id"].clone(), version["paths"].clone()),
+            (json!(id), paths)
+        );
+    }
+    let (_, second_alone) = server.call(Method::GET, &room, "/versions/2", None).await;
+    assert_eq!(second_alone["files"], second["files"]);
+    assert_eq!(second_alone["label"], json!("second"));
 
     // Newest first, a page at a time.
     assert_eq!(ids(&server.versions(&room).await), vec![3, 2, 1]);
@@ -266,6 +284,20 @@ async fn rest_errors_are_json_with_reasons(backend: Backend) {
         (
             Method::GET,
             "/versions/abc/files/a.txt".into(),
+            None,
+            400,
+            "malformed version",
+        ),
+        (
+            Method::GET,
+            "/versions/9".into(),
+            None,
+            404,
+            "no such version",
+        ),
+        (
+            Method::GET,
+            "/versions/x1".into(),
             None,
             400,
             "malformed version",

@@ -1,10 +1,12 @@
 //! The room's history, for the editors: its versions (`duet.versions`, a readable list in
 //! Helix), a file at a version (`duet.versionText`, for diffs), a version on request
-//! (`duet.saveVersion`) and restores (`duet.restore`), all through the server's REST API with
-//! the invite's token in a header; and "while you were away": leaving a room remembers its
-//! texts (per workspace and room, under the user's state directory), and coming back to it
-//! tells which files changed since and who changed them (`duet/away`, `duet.away`,
-//! `duet.awayText` for the diff).
+//! (`duet.saveVersion`), all through the server's REST API with the invite's token in a header;
+//! restores (`duet.restore`): the version's texts are read and a version of what is there now
+//! is taken over REST, then the restore is made on the replica as the user's own edit, which
+//! every peer receives and the user's undo takes back; and "while you were away": leaving a
+//! room remembers its texts (per workspace and room, under the user's state directory), and
+//! coming back to it tells which files changed since and who changed them (`duet/away`,
+//! `duet.away`, `duet.awayText` for the diff).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -17,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tower_lsp::lsp_types::MessageType;
 
-use super::{CommandResult, Session, ToEditor};
+use super::{CommandResult, Event, Session, ToEditor};
 use crate::config::Invite;
 use crate::tls;
 
@@ -26,6 +28,18 @@ const REST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Versions `duet.versions` lists when not told how many.
 const LISTED: u64 = 20;
+
+/// A version's texts, read for a restore.
+#[derive(Debug)]
+pub struct Fetched {
+    version: i64,
+    /// The version taken just before, of what the restore replaces.
+    before: Value,
+    /// Each file to restore with its text then.
+    wanted: Vec<(String, Option<String>)>,
+    /// A restore of all of the version: files it did not have are removed.
+    all: bool,
+}
 
 /// What a bridge remembers of a room it left.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +114,19 @@ impl Rest {
             Value::String(text)
         }))
     }
+
+    /// A file's text at a version (the server answers 404 when the version lacks it).
+    async fn version_text(&self, version: i64, path: &str) -> Result<Option<String>, String> {
+        let path = encode_path(path);
+        let text = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/versions/{version}/files/{path}"),
+                None,
+            )
+            .await?;
+        Ok(text.as_ref().and_then(Value::as_str).map(str::to_string))
+    }
 }
 
 /// An HTTP client for `server` (`http://…` or `https://…`, trusting `ca` besides the system's).
@@ -147,7 +174,7 @@ impl Session {
         reply: oneshot::Sender<CommandResult>,
     ) {
         let prepared = self.rest().and_then(|rest| {
-            let call = Call::parse(command, arguments, Some(&self.user().name))?;
+            let call = Call::parse(command, arguments)?;
             Ok((rest, call))
         });
         let (rest, call) = match prepared {
@@ -160,8 +187,9 @@ impl Session {
         };
         let editor = self.editor.clone();
         let helix = self.helix;
+        let events = self.events.clone();
         tokio::spawn(async move {
-            let result = call.run(&rest, &editor, helix).await;
+            let result = call.run(&rest, &editor, &events, helix).await;
             if let Err(e) = &result {
                 let _ = editor.send(ToEditor::Show {
                     kind: MessageType::ERROR,
@@ -170,6 +198,42 @@ impl Session {
             }
             let _ = reply.send(result);
         });
+    }
+
+    /// Applies a restore whose texts were fetched: the user's own edit of the room, sent to
+    /// every peer and handed to the open documents like a peer's.
+    pub(super) fn restore(&mut self, fetched: Fetched, reply: oneshot::Sender<CommandResult>) {
+        let Fetched {
+            version,
+            before,
+            wanted,
+            all,
+        } = fetched;
+        let Some(room) = self.room.as_mut() else {
+            let _ = reply.send(Err("duet: not in a room any more: nothing restored".into()));
+            return;
+        };
+        let (restored, frames) = room.replica.restore(&wanted, all);
+        for frame in frames {
+            room.connection.send(frame);
+        }
+        self.remote_changed();
+        self.new_files();
+        self.show(
+            MessageType::INFO,
+            match restored.is_empty() {
+                true => format!("duet: nothing to restore: already as in version {version}"),
+                false => format!(
+                    "duet: restored {} from version {version} (undo takes it back; version {} \
+                     holds what it replaced)",
+                    restored.join(", "),
+                    before["id"]
+                ),
+            },
+        );
+        let _ = reply.send(Ok(Some(
+            json!({"restored": restored, "before": before, "version": version}),
+        )));
     }
 
     fn rest(&self) -> Result<Rest, String> {
@@ -398,25 +462,14 @@ impl Report {
 
 /// One REST command, its arguments checked.
 enum Call {
-    Versions {
-        limit: u64,
-    },
-    VersionText {
-        version: i64,
-        path: String,
-    },
-    Save {
-        label: Option<String>,
-    },
-    Restore {
-        version: i64,
-        path: Option<String>,
-        author: Option<String>,
-    },
+    Versions { limit: u64 },
+    VersionText { version: i64, path: String },
+    Save { label: Option<String> },
+    Restore { version: i64, path: Option<String> },
 }
 
 impl Call {
-    fn parse(command: &str, arguments: &[Value], me: Option<&str>) -> Result<Call, String> {
+    fn parse(command: &str, arguments: &[Value]) -> Result<Call, String> {
         let version = || {
             let value = arguments.first();
             value
@@ -444,7 +497,6 @@ impl Call {
             _ => Call::Restore {
                 version: version()?,
                 path: text(1).filter(|p| !p.trim().is_empty()),
-                author: me.map(str::to_string),
             },
         })
     }
@@ -453,6 +505,7 @@ impl Call {
         self,
         rest: &Rest,
         editor: &mpsc::UnboundedSender<ToEditor>,
+        events: &mpsc::UnboundedSender<Event>,
         helix: bool,
     ) -> CommandResult {
         use reqwest::Method;
@@ -480,13 +533,7 @@ impl Call {
                 Ok(Some(page))
             }
             Call::VersionText { version, path } => {
-                let text = rest
-                    .call(
-                        Method::GET,
-                        &format!("/versions/{version}/files/{}", encode_path(&path)),
-                        None,
-                    )
-                    .await?;
+                let text = rest.version_text(version, &path).await?;
                 Ok(Some(
                     json!({"path": path, "version": version, "text": text}),
                 ))
@@ -499,39 +546,59 @@ impl Call {
                 tell(format!("duet: saved version {}", version["id"]));
                 Ok(Some(version))
             }
-            Call::Restore {
-                version,
-                path,
-                author,
-            } => {
-                let mut body = json!({"author": author});
-                if let Some(path) = &path {
-                    body["paths"] = json!([path]);
-                }
-                let answer = rest
-                    .call(
-                        Method::POST,
-                        &format!("/versions/{version}/restore"),
-                        Some(body),
-                    )
-                    .await?
-                    .unwrap_or_default();
-                let restored: Vec<&str> = answer["restored"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                tell(match restored.is_empty() {
-                    true => format!("duet: nothing to restore: already as in version {version}"),
-                    false => format!(
-                        "duet: restored {} from version {version} (version {} holds what it replaced)",
-                        restored.join(", "),
-                        answer["before"]["id"]
-                    ),
-                });
-                Ok(Some(answer))
+            Call::Restore { version, path } => {
+                // The session makes the restore on the replica, and answers.
+                let fetched = fetch_restore(rest, version, path).await?;
+                let (reply, answer) = oneshot::channel();
+                let _ = events.send(Event::Restore(Box::new(fetched), reply));
+                answer
+                    .await
+                    .map_err(|_| "duet: the bridge is stopping: nothing restored".to_string())?
             }
         }
     }
+}
+
+/// Reads the texts of `version` (of `path`, or of all its files), then takes a version of what
+/// the room has now: what the restore will replace.
+async fn fetch_restore(rest: &Rest, version: i64, path: Option<String>) -> Result<Fetched, String> {
+    use reqwest::Method;
+    let all = path.is_none();
+    let paths = match path {
+        Some(path) => vec![path],
+        None => {
+            let found = rest
+                .call(Method::GET, &format!("/versions/{version}"), None)
+                .await?
+                .unwrap_or_default();
+            found["paths"]
+                .as_array()
+                .map(|paths| {
+                    paths
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+    };
+    let mut wanted = Vec::with_capacity(paths.len());
+    for path in paths {
+        let text = rest.version_text(version, &path).await?;
+        wanted.push((path, text));
+    }
+    let label = format!("before restoring version {version}");
+    let before = rest
+        .call(Method::POST, "/versions", Some(json!({"label": label})))
+        .await?
+        .unwrap_or_default();
+    Ok(Fetched {
+        version,
+        before,
+        wanted,
+        all,
+    })
 }
 
 /// `#12  23:41  Ann, Bob  main.py, notes.md (added)  "label"`.
@@ -640,7 +707,7 @@ mod tests {
 
     #[test]
     fn versions_are_named_by_number_or_text() {
-        let call = |args: Value| Call::parse("duet.restore", args.as_array().unwrap(), Some("me"));
+        let call = |args: Value| Call::parse("duet.restore", args.as_array().unwrap());
         assert!(matches!(
             call(json!([3])),
             Ok(Call::Restore {
