@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -81,7 +82,7 @@ pub async fn serve(
         loop {
             tokio::select! {
                 frame = frames.recv() => match frame {
-                    Some(frame) => conn.send(Message::Binary(frame)).await?,
+                    Some(frame) => conn.send_queued(frame, &mut frames).await?,
                     // The room let go of us: it has said why on the kick channel.
                     None => return Err(kicked(conn.kick.try_recv().ok())),
                 },
@@ -198,13 +199,41 @@ impl Conn {
     /// Sends one frame. A peer whose socket stays full is gone; a kick from the room (this peer
     /// fell too far behind) ends the wait at once.
     async fn send(&mut self, message: Message) -> Result<(), CloseReason> {
-        tokio::select! {
-            sent = tokio::time::timeout(SEND_TIMEOUT, self.sink.send(message)) => match sent {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(CloseReason::new(close::GOING_AWAY, "peer unreachable")),
-            },
-            reason = &mut self.kick => Err(kicked(reason.ok())),
-        }
+        let Conn { sink, kick } = self;
+        delivered(kick, sink.send(message)).await
+    }
+
+    /// Sends a frame and the frames already queued behind it with one flush: a burst (a busy
+    /// room's updates) goes out in one write to the socket rather than one write per frame.
+    async fn send_queued(
+        &mut self,
+        first: Bytes,
+        queued: &mut mpsc::Receiver<Bytes>,
+    ) -> Result<(), CloseReason> {
+        let Conn { sink, kick } = self;
+        let burst = async {
+            sink.feed(Message::Binary(first)).await?;
+            for _ in 0..queued.len() {
+                let Ok(frame) = queued.try_recv() else { break };
+                sink.feed(Message::Binary(frame)).await?;
+            }
+            sink.flush().await
+        };
+        delivered(kick, burst).await
+    }
+}
+
+/// Waits for `sending` within [`SEND_TIMEOUT`], or until the room kicks the peer.
+async fn delivered<E>(
+    kick: &mut oneshot::Receiver<CloseReason>,
+    sending: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), CloseReason> {
+    tokio::select! {
+        sent = tokio::time::timeout(SEND_TIMEOUT, sending) => match sent {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(CloseReason::new(close::GOING_AWAY, "peer unreachable")),
+        },
+        reason = kick => Err(kicked(reason.ok())),
     }
 }
 
