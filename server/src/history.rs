@@ -140,12 +140,13 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Rooms with files written since their last version, or with a version older than
-    /// `time` (Unix milliseconds).
+    /// Rooms with files written since their last version, with a version older than `time`
+    /// (Unix milliseconds), or with stale copies (left by a crash).
     pub async fn rooms_to_sweep(&self, time: i64) -> Result<Vec<Uuid>, StoreError> {
         let rows = sqlx::query(
             "SELECT room_id FROM room_unversioned \
-             UNION SELECT room_id FROM room_versions WHERE created_at < $1",
+             UNION SELECT room_id FROM room_versions WHERE created_at < $1 \
+             UNION SELECT id FROM rooms WHERE copies_stale <> 0",
         )
         .bind(time)
         .fetch_all(&self.pool)

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +38,12 @@ pub const FILES: &str = "files";
 
 /// Key of the observer that notes which files changed.
 const CHANGES: &str = "duet-changes";
+
+/// The plain-text copies of changed files are written once no file has changed for this long
+/// (the room went quiet), or once a change has waited [`COPIES_EVERY`] while typing goes on; the
+/// update log, written every flush, is what makes an edit durable.
+pub const COPIES_QUIET: Duration = Duration::from_secs(3);
+pub const COPIES_EVERY: Duration = Duration::from_secs(30);
 
 /// Close codes sent to a peer, with a reason that names what happened.
 pub use crate::protocol::close;
@@ -115,6 +121,9 @@ pub struct FlushBatch {
     pub updates: Vec<Vec<u8>>,
     pub changed_files: Vec<(String, String)>,
     pub removed_files: Vec<String>,
+    /// The batch carries the copies of every file changed so far: once it is written, the
+    /// stored copies are current (else the store marks them stale).
+    pub copies: bool,
     /// Who made these edits (peer names), for the next version.
     pub authors: Vec<String>,
     pub updated_at: i64,
@@ -142,8 +151,11 @@ impl FlushBatch {
 /// What the observer on `files` saw change.
 #[derive(Debug, Default)]
 struct Changes {
-    /// Files changed since the batch last taken for writing, so that a flush copies only those.
+    /// Files changed since their copies were last taken for writing, so that a flush copies
+    /// only those; since when they wait, and when a file last changed.
     to_write: HashSet<String>,
+    waiting_since: Option<Instant>,
+    changed_at: Option<Instant>,
     /// Files changed since the sizes were last brought up to date.
     to_measure: HashSet<String>,
     /// Files that were given something besides plain text (an embedded type).
@@ -210,9 +222,6 @@ struct State {
     published: u64,
     taken_upto: u64,
     stored_upto: u64,
-    /// Since when files changed by other nodes' updates wait for their plain-text copies
-    /// (written with this node's next batch, or on their own after a while).
-    relayed_since: Option<Instant>,
     /// Changes of the document so far, and the deletions digest as of a count of them.
     version: u64,
     digest: Option<(u64, u64)>,
@@ -255,6 +264,9 @@ impl Room {
         let seen = changes.clone();
         files.observe_deep(CHANGES, move |txn, events| {
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            seen.changed_at = Some(now);
+            seen.waiting_since.get_or_insert(now);
             for event in events.iter() {
                 let path = event.path();
                 match (event, path.front()) {
@@ -308,7 +320,6 @@ impl Room {
                 published: 0,
                 taken_upto: 0,
                 stored_upto: 0,
-                relayed_since: None,
                 version: 0,
                 digest: None,
             }),
@@ -622,27 +633,38 @@ impl Room {
         broadcast(state, author, &message);
     }
 
-    /// Takes what has not been written yet, with the files whose text changed since the last
-    /// write. `None` when there is nothing to write. Files that only other nodes' updates
-    /// changed are copied with this node's next updates, or on their own once they have waited
-    /// `copies_after`: every node writes the copies of what its own peers change, and a copy
-    /// that a node wrote before another's last change is brought up to date.
-    pub fn take_unflushed(&self, copies_after: std::time::Duration) -> Option<FlushBatch> {
+    /// Takes what has not been written yet: the updates, and the copies of the files changed
+    /// since their copies were last taken when they are due — `copy_now`, or the room quiet
+    /// for [`COPIES_QUIET`], or a change waiting for [`COPIES_EVERY`]. `None` when there is
+    /// nothing to write. Files that only other nodes' updates changed are copied by this node
+    /// too (when due): a copy that a node wrote before another's last change is brought up to
+    /// date.
+    pub fn take_unflushed(&self, copy_now: bool) -> Option<FlushBatch> {
         let mut state = self.lock();
-        let copies_due = state
-            .relayed_since
-            .is_some_and(|since| since.elapsed() >= copies_after);
-        if state.unflushed.is_empty() && !copies_due {
+        let dirty: Vec<String> = {
+            let mut changes = state.changes();
+            let due = copy_now
+                || changes
+                    .changed_at
+                    .is_none_or(|at| at.elapsed() >= COPIES_QUIET)
+                || changes
+                    .waiting_since
+                    .is_some_and(|since| since.elapsed() >= COPIES_EVERY);
+            if !due {
+                Vec::new()
+            } else {
+                changes.waiting_since = None;
+                std::mem::take(&mut changes.to_write).into_iter().collect()
+            }
+        };
+        let copies = state.changes().to_write.is_empty();
+        if state.unflushed.is_empty() && dirty.is_empty() {
             return None;
         }
-        state.relayed_since = None;
         // Until the write succeeds (`flushed`), `/readyz` must not call the store current.
         state.writing_since = state.unflushed_since.take();
         state.taken_upto = state.published;
         let updates = std::mem::take(&mut state.unflushed);
-        let dirty: Vec<String> = std::mem::take(&mut state.changes().to_write)
-            .into_iter()
-            .collect();
         let (mut changed_files, mut removed_files) = (Vec::new(), Vec::new());
         {
             let txn = state.awareness.doc().transact();
@@ -663,6 +685,7 @@ impl Room {
             updates,
             changed_files,
             removed_files,
+            copies,
             authors: authors.into_iter().collect(),
             updated_at: state.updated_at,
         })
@@ -671,18 +694,37 @@ impl Room {
     /// Puts back a batch whose write failed, ahead of anything that arrived since.
     pub fn restore(&self, batch: FlushBatch) {
         let mut state = self.lock();
-        if batch.updates.is_empty() {
-            state.relayed_since.get_or_insert_with(Instant::now);
-        }
         let newer = std::mem::replace(&mut state.unflushed, batch.updates);
         state.unflushed.extend(newer);
         state.unflushed_since = state.writing_since.take().or(state.unflushed_since);
         state.authors.extend(batch.authors);
         // The next write copies these files again.
         let mut changes = state.changes();
-        let to_write = &mut changes.to_write;
-        to_write.extend(batch.changed_files.into_iter().map(|(path, _)| path));
-        to_write.extend(batch.removed_files);
+        let written = batch.changed_files.into_iter().map(|(path, _)| path);
+        let written: Vec<String> = written.chain(batch.removed_files).collect();
+        if !written.is_empty() {
+            changes.waiting_since.get_or_insert_with(Instant::now);
+        }
+        changes.to_write.extend(written);
+    }
+
+    /// Every file's copy is to be written by the next flush, and each of `copied` (the paths
+    /// of the stored copies) the room no longer has removed: the stored copies may be stale
+    /// (the room was loaded after a crash).
+    pub fn copy_all(&self, copied: impl Iterator<Item = String>) {
+        let state = self.lock();
+        let keys: Vec<String> = {
+            let txn = state.awareness.doc().transact();
+            state.files.keys(&txn).map(str::to_string).collect()
+        };
+        let mut changes = state.changes();
+        changes.waiting_since.get_or_insert_with(Instant::now);
+        changes.to_write.extend(keys.into_iter().chain(copied));
+    }
+
+    /// Some file's copy is not written yet.
+    pub fn copies_pending(&self) -> bool {
+        !self.lock().changes().to_write.is_empty()
     }
 
     /// The batch taken last is written.
@@ -1008,7 +1050,6 @@ fn integrate(state: &mut State, bytes: &[u8], keep: bool) -> bool {
     };
     let Some(delta) = delta else { return false };
     state.version += 1;
-    state.relayed_since.get_or_insert_with(Instant::now);
     state.updated_at = now_ms();
     measure(state);
     broadcast(
@@ -1475,7 +1516,7 @@ mod tests {
             files.insert(txn, "a.txt", TextPrelim::new("a"));
             files.insert(txn, "b.txt", TextPrelim::new("b"));
         });
-        let batch = room.take_unflushed(std::time::Duration::ZERO).unwrap();
+        let batch = room.take_unflushed(true).unwrap();
         let mut changed = batch.changed_files.clone();
         changed.sort();
         assert_eq!(
@@ -1494,7 +1535,7 @@ mod tests {
         send(&|txn| {
             files.remove(txn, "b.txt");
         });
-        let batch = room.take_unflushed(std::time::Duration::ZERO).unwrap();
+        let batch = room.take_unflushed(true).unwrap();
         assert_eq!(
             batch.changed_files,
             vec![("a.txt".to_string(), "a!".to_string())]
@@ -1502,12 +1543,44 @@ mod tests {
         assert_eq!(batch.removed_files, vec!["b.txt".to_string()]);
         // A failed write puts them back for the next one.
         room.restore(batch);
-        let again = room.take_unflushed(std::time::Duration::ZERO).unwrap();
+        let again = room.take_unflushed(true).unwrap();
         assert_eq!(
             again.changed_files,
             vec![("a.txt".to_string(), "a!".to_string())]
         );
         assert_eq!(again.removed_files, vec!["b.txt".to_string()]);
+    }
+
+    /// While files keep changing, a flush writes the updates without the copies, and says so;
+    /// the copies come when asked for (or once the room is quiet).
+    #[test]
+    fn a_flush_while_typing_leaves_the_copies_for_later() {
+        let room = empty_room();
+        let (peer, _frames) = peer(&room);
+        let doc = Doc::new();
+        let files = doc.get_or_insert_map(FILES);
+        {
+            let mut txn = doc.transact_mut();
+            files.insert(&mut txn, "a.txt", TextPrelim::new("a"));
+            room.receive(peer, &update_frame(txn.encode_update_v1()))
+                .unwrap();
+        }
+        let batch = room.take_unflushed(false).unwrap();
+        assert_eq!(batch.updates.len(), 1);
+        assert!(batch.changed_files.is_empty());
+        assert!(
+            !batch.copies,
+            "the stored copies are stale after this batch"
+        );
+        room.flushed();
+        assert!(room.copies_pending());
+        let batch = room.take_unflushed(true).unwrap();
+        assert!(batch.updates.is_empty());
+        assert!(batch.copies);
+        assert_eq!(batch.changed_files, vec![("a.txt".into(), "a".into())]);
+        room.flushed();
+        assert!(!room.copies_pending());
+        assert!(room.take_unflushed(true).is_none());
     }
 
     /// A flush writes one row per room, however many keystrokes it holds, and the room counts
@@ -1538,7 +1611,7 @@ mod tests {
             room.receive(peer, &update_frame(txn.encode_update_v1()))
                 .unwrap();
         }
-        let batch = room.take_unflushed(std::time::Duration::ZERO).unwrap();
+        let batch = room.take_unflushed(true).unwrap();
         assert!(room.has_unflushed(), "being written is not written");
         assert_eq!(batch.updates.len(), 8, "the file, then 7 keystrokes");
         let rows = batch.rows();

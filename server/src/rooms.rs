@@ -7,9 +7,16 @@
 //! reports the store as degraded. One flush is one transaction for all rooms (a group commit),
 //! so a hundred busy rooms cost one write every flush interval, not a hundred.
 //!
+//! The update log is what makes an edit durable. The plain-text copy of each file, which the
+//! REST API and the versions read, is written only when the room goes quiet, while typing goes
+//! on every [`crate::room::COPIES_EVERY`], before a version, and on unload and shutdown: bytes
+//! written per keystroke do not grow with the file. A flush that writes updates without the
+//! copies marks the room's copies stale in the same transaction, and a room whose copies are
+//! stale is read from its log, never from its copies (after a crash too).
+//!
 //! After each flush the flusher also takes the versions that are due (see [`crate::history`]):
 //! for a room edited for the version interval, and for a room whose last peer left. Versions
-//! are built from the copies the flush has just written, so they cost the rooms nothing.
+//! are built from the copies, written for them first, so they cost the rooms nothing.
 //!
 //! With a relay (`--redis-url`, see docs/scale-out.md) several nodes may hold the same room:
 //! each writes the updates its own peers made; updates relayed from another node are written
@@ -55,10 +62,6 @@ pub enum RoomsError {
     #[error("{0}")]
     TooLarge(String),
 }
-
-/// How long files changed only by other nodes' updates wait for their plain-text copies to be
-/// written by this node too (see [`Room::take_unflushed`]).
-const COPIES_AFTER: Duration = Duration::from_secs(2);
 
 /// How often rooms not in memory are looked at: versions still to take (after a crash), old
 /// versions to prune.
@@ -239,10 +242,22 @@ impl Rooms {
         self.entries().get(&id).map(|e| e.room.clone())
     }
 
+    /// The room in memory when it is loaded, or when its stored copies are stale (it is
+    /// loaded then, rebuilt from its log): `None` when the stored copies are current.
+    async fn current(&self, id: Uuid) -> Result<Option<Arc<Room>>, RoomsError> {
+        if let Some(room) = self.loaded(id) {
+            return Ok(Some(room));
+        }
+        if !self.shared.store.copies_stale(id).await? {
+            return Ok(None);
+        }
+        self.get(id).await.map(Some)
+    }
+
     /// What the REST API shows of a room: from memory if it is loaded (with its peers'
-    /// presence), else from the store.
+    /// presence) or its stored copies are stale, else from the store.
     pub async fn info(&self, meta: &RoomMeta) -> Result<RoomInfo, RoomsError> {
-        Ok(match self.loaded(meta.id) {
+        Ok(match self.current(meta.id).await? {
             Some(room) => RoomInfo {
                 files: room.files(),
                 peers: room.presence(),
@@ -256,9 +271,10 @@ impl Rooms {
         })
     }
 
-    /// A file's text: from memory if the room is loaded, else from the store.
+    /// A file's text: from memory if the room is loaded or its stored copies are stale, else
+    /// from the store.
     pub async fn file_text(&self, id: Uuid, path: &str) -> Result<Option<String>, RoomsError> {
-        Ok(match self.loaded(id) {
+        Ok(match self.current(id).await? {
             Some(room) => room.file_text(path),
             None => self.shared.store.file_text(id, path).await?,
         })
@@ -340,6 +356,10 @@ impl Rooms {
             )
         })
         .map_err(|e| RoomsError::Corrupt(e.to_string()))?;
+        if stored.copies_stale {
+            let copied = self.shared.store.files(id).await?;
+            room.copy_all(copied.into_iter().map(|file| file.path));
+        }
         let room = match &self.shared.relay {
             Some(relay) => room.relay_through(relay.outlet(id)),
             None => room,
@@ -444,7 +464,7 @@ impl Rooms {
                 _ = shutdown.changed() => break,
             }
             let _writing = self.shared.writer.lock().await;
-            if self.flush_all(COPIES_AFTER).await {
+            if self.flush_all(CopyNow::WhenDue).await {
                 backoff = interval;
                 self.take_due_versions().await;
                 if swept.is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL) {
@@ -475,6 +495,14 @@ impl Rooms {
                 }
             })
             .collect();
+        if due.is_empty() {
+            return;
+        }
+        // A version reads the copies: they are written first.
+        let ids: Vec<Uuid> = due.iter().map(|(id, _)| *id).collect();
+        if self.flush(CopyNow::Rooms(&ids)).await.is_err() {
+            return;
+        }
         for (id, reason) in due {
             let take = Take {
                 reason,
@@ -502,6 +530,10 @@ impl Rooms {
             if self.loaded(id).is_some() {
                 continue;
             }
+            if let Err(e) = self.write_stale_copies(id).await {
+                tracing::warn!(room = %id, error = %e, "stale copies not written; tried again at the next sweep");
+                continue;
+            }
             let take = Take {
                 reason: Reason::Left,
                 label: None,
@@ -513,6 +545,37 @@ impl Rooms {
                 return;
             }
         }
+    }
+
+    /// Writes the copies of a room not in memory whose stored copies are stale (a crash left
+    /// them so), rebuilt from its log, so that its version sees every edit.
+    async fn write_stale_copies(&self, id: Uuid) -> Result<(), RoomsError> {
+        let store = &self.shared.store;
+        if !store.copies_stale(id).await? {
+            return Ok(());
+        }
+        let Some(stored) = store.load_room(id).await? else {
+            return Ok(());
+        };
+        let copied = store.files(id).await?;
+        let limits = self.shared.limits.clone();
+        let batch = blocking(|| {
+            let room = Room::load(
+                stored.meta,
+                limits,
+                stored.state.as_deref(),
+                &stored.updates,
+            )?;
+            room.copy_all(copied.into_iter().map(|file| file.path));
+            Ok::<_, crate::room::RoomError>(room.take_unflushed(true))
+        })
+        .map_err(|e| RoomsError::Corrupt(e.to_string()))?;
+        if let Some(batch) = batch {
+            let no_updates: &[Vec<u8>] = &[];
+            store.append(&[(id, no_updates, &batch)]).await?;
+            tracing::info!(room = %id, files = batch.changed_files.len(), "stale copies written");
+        }
+        Ok(())
     }
 
     /// Takes a version and prunes the room's versions. The caller holds the writer lock.
@@ -548,7 +611,7 @@ impl Rooms {
     /// Takes a version now, with everything edited so far (`POST /rooms/{id}/versions`).
     pub async fn take_version(&self, id: Uuid, label: Option<&str>) -> Result<Version, RoomsError> {
         let _writing = self.shared.writer.lock().await;
-        self.flush(Duration::ZERO).await?;
+        self.flush(CopyNow::All).await?;
         let take = Take {
             reason: Reason::Request,
             label,
@@ -595,7 +658,7 @@ impl Rooms {
         // builds on a store that has every edit so far.
         let _writing = self.shared.writer.lock().await;
         let room = self.get(id).await?;
-        self.flush(Duration::ZERO).await?;
+        self.flush(CopyNow::All).await?;
         let replaced = blocking(|| room.restore_files(&wanted, only_these, author))
             .map_err(RoomsError::TooLarge)?;
         if replaced.is_empty() {
@@ -630,8 +693,8 @@ impl Rooms {
     }
 
     /// Flushes every room with buffered updates. False if any write failed.
-    pub async fn flush_all(&self, copies_after: Duration) -> bool {
-        match self.flush(copies_after).await {
+    pub async fn flush_all(&self, copy_now: CopyNow<'_>) -> bool {
+        match self.flush(copy_now).await {
             Ok(()) => {
                 if self.shared.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!("store available again; buffered updates written");
@@ -649,7 +712,7 @@ impl Rooms {
     }
 
     /// One group commit: the buffered updates of every room, in one transaction.
-    async fn flush(&self, copies_after: Duration) -> Result<(), StoreError> {
+    async fn flush(&self, copy_now: CopyNow<'_>) -> Result<(), StoreError> {
         let rooms: Vec<(Uuid, Arc<Room>, u64, bool)> = self
             .entries()
             .iter()
@@ -663,7 +726,7 @@ impl Rooms {
         let taken: Vec<_> = rooms
             .into_iter()
             .filter_map(|(id, room, since, _)| {
-                let batch = room.take_unflushed(copies_after)?;
+                let batch = room.take_unflushed(copy_now.includes(id))?;
                 Some((id, room, since, batch))
             })
             .collect();
@@ -797,7 +860,10 @@ impl Rooms {
             .entries()
             .iter()
             .filter(|(_, e)| {
-                e.room.idle_for().is_some_and(|d| d >= idle) && !e.room.has_unflushed() && !e.secure
+                e.room.idle_for().is_some_and(|d| d >= idle)
+                    && !e.room.has_unflushed()
+                    && !e.room.copies_pending()
+                    && !e.secure
             })
             .map(|(id, _)| *id)
             .collect();
@@ -911,7 +977,7 @@ impl Rooms {
             }
         }
         for attempt in 1..=10 {
-            if self.flush_all(Duration::ZERO).await {
+            if self.flush_all(CopyNow::All).await {
                 tracing::info!(rooms = rooms.len(), "all rooms flushed");
                 // Every peer is gone: each edited room gets its version.
                 self.take_due_versions().await;
@@ -927,6 +993,25 @@ impl Rooms {
             }
         }
         self.shared.store.close().await;
+    }
+}
+
+/// Whose plain-text copies a flush writes even though they are not due yet (see
+/// [`Room::take_unflushed`]).
+#[derive(Clone, Copy)]
+pub enum CopyNow<'a> {
+    WhenDue,
+    All,
+    Rooms(&'a [Uuid]),
+}
+
+impl CopyNow<'_> {
+    fn includes(self, id: Uuid) -> bool {
+        match self {
+            CopyNow::WhenDue => false,
+            CopyNow::All => true,
+            CopyNow::Rooms(ids) => ids.contains(&id),
+        }
     }
 }
 

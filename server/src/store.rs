@@ -59,6 +59,8 @@ pub struct StoredRoom {
     pub meta: RoomMeta,
     pub state: Option<Vec<u8>>,
     pub updates: Vec<Vec<u8>>,
+    /// The stored plain-text copies may lag behind the updates.
+    pub copies_stale: bool,
 }
 
 impl Store {
@@ -149,11 +151,12 @@ impl Store {
             return Ok(None);
         };
         let key = id.to_string();
-        let state: Option<Vec<u8>> = sqlx::query("SELECT state FROM rooms WHERE id = $1")
+        let row = sqlx::query("SELECT state, copies_stale FROM rooms WHERE id = $1")
             .bind(&key)
             .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
+            .await?;
+        let state: Option<Vec<u8>> = row.try_get(0)?;
+        let copies_stale: i64 = row.try_get(1)?;
         let rows = sqlx::query("SELECT data FROM room_updates WHERE room_id = $1 ORDER BY seq")
             .bind(&key)
             .fetch_all(&self.pool)
@@ -166,7 +169,18 @@ impl Store {
             meta,
             state,
             updates,
+            copies_stale: copies_stale != 0,
         }))
+    }
+
+    /// The room's plain-text copies may lag behind its update log (see [`Store::append`]).
+    pub async fn copies_stale(&self, id: Uuid) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT copies_stale FROM rooms WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let stale: Option<i64> = row.map(|row| row.try_get(0)).transpose()?;
+        Ok(stale.is_some_and(|stale| stale != 0))
     }
 
     /// The stored plain-text copies: what the REST API shows for a room not in memory.
@@ -198,7 +212,8 @@ impl Store {
 
     /// Appends each room's rows of updates and changed file copies, and notes those files and
     /// their authors for the next version, all in one transaction: one write per flush, never
-    /// one per keystroke. Returns, for each room, whether it still
+    /// one per keystroke. A batch without the copies of every changed file marks the room's
+    /// copies stale in the same transaction; one with them marks them current. Returns, for each room, whether it still
     /// exists: a room deleted meanwhile (by another node perhaps) gets none of its rows
     /// written.
     ///
@@ -218,10 +233,11 @@ impl Store {
             let (id, rows, batch) = batches[i];
             let key = id.to_string();
             let updated = sqlx::query(
-                "UPDATE rooms SET updated_at = CASE WHEN updated_at < $1 THEN $1 ELSE updated_at END \
-                 WHERE id = $2",
+                "UPDATE rooms SET updated_at = CASE WHEN updated_at < $1 THEN $1 ELSE updated_at END, \
+                 copies_stale = $2 WHERE id = $3",
             )
             .bind(batch.updated_at)
+            .bind(i64::from(!batch.copies))
             .bind(&key)
             .execute(&mut *tx)
             .await?

@@ -16,6 +16,7 @@ on_both_backends! {
     graceful_restart_closes_cleanly_and_keeps_everything => graceful_restart_closes_cleanly_and_keeps_everything;
     kill_9_keeps_what_was_flushed_and_clients_resync_the_rest => kill_9_keeps_what_was_flushed_and_clients_resync_the_rest;
     idle_rooms_unload_and_compacted_rooms_reload => idle_rooms_unload_and_compacted_rooms_reload;
+    kill_9_mid_typing_serves_every_flushed_update_not_the_stale_copy => kill_9_mid_typing_serves_every_flushed_update_not_the_stale_copy;
 }
 
 async fn graceful_restart_closes_cleanly_and_keeps_everything(backend: Backend) {
@@ -145,6 +146,72 @@ async fn idle_rooms_unload_and_compacted_rooms_reload(backend: Backend) {
     server.restart().await;
     let third = YClient::join(&server.ws_url(&room)).await;
     assert_eq!(third.text("log.txt").as_deref(), Some(typed.as_str()));
+}
+
+/// While typing goes on, flushes write the update log but not the files' plain-text copies, and
+/// mark them stale. After `kill -9` then, the REST API answers from the log: every update
+/// written before the crash is in the text it serves, and the copies are brought up to date.
+async fn kill_9_mid_typing_serves_every_flushed_update_not_the_stale_copy(backend: Backend) {
+    let db = Database::new(backend);
+    let mut server = Server::start(&db, &["--flush-interval-ms", "50"]).await;
+    let room = server.create_room_with(&[("a.txt", "start\n")]).await;
+    let client = YClient::join(&server.ws_url(&room)).await;
+    let pieces: Vec<String> = (0..2000).map(|i| format!("{i} é🎉\n")).collect();
+    let (mut typed, mut written) = (0, 0);
+    // Typing, 50 keystrokes a second, until at least 20 of them are written.
+    while written < 20 {
+        client.append("a.txt", &pieces[typed]);
+        typed += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        written = server.metric("duet_updates_written_total").await;
+    }
+    server.kill9();
+    let key = &room.id;
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT copies_stale FROM rooms WHERE id = '{key}'"
+        ))
+        .trim(),
+        "1",
+        "a crash mid-typing leaves the copies marked stale"
+    );
+    let stored_copy = db.sql(&format!(
+        "SELECT content FROM room_files WHERE room_id = '{key}' AND path = 'a.txt'"
+    ));
+    assert!(
+        !stored_copy.contains(&pieces[written as usize - 1]),
+        "the stored copy lags behind the log: {stored_copy:?}"
+    );
+
+    server.restart().await;
+    let text = server.file(&room, "a.txt").await.expect("the file");
+    let served = pieces
+        .iter()
+        .take(typed)
+        .scan(String::from("start\n"), |text, piece| {
+            text.push_str(piece);
+            Some(text.clone())
+        })
+        .position(|prefix| prefix == text)
+        .map(|at| at + 1);
+    let served = served.unwrap_or_else(|| panic!("not what was typed: {text:?}"));
+    assert!(
+        served as u64 >= written,
+        "{written} updates were written before the crash, {served} are served"
+    );
+    let info = server.room_info(&room).await;
+    assert_eq!(info["files"][0]["size"], json!(text.len()), "{info}");
+    // The copies are written again and marked current.
+    duet_e2e::eventually(10 * SECOND, "the copies to be written", || async {
+        let stale = db.sql(&format!(
+            "SELECT copies_stale FROM rooms WHERE id = '{key}'"
+        ));
+        let copy = db.sql(&format!(
+            "SELECT content FROM room_files WHERE room_id = '{key}' AND path = 'a.txt'"
+        ));
+        (stale.trim() == "0" && copy.trim_end() == text.trim_end()).then_some(())
+    })
+    .await;
 }
 
 async fn readyz(server: &Server) -> (u16, Value) {
