@@ -793,9 +793,9 @@ async fn versions_restore_and_what_changed_while_away_through_workspace_commands
     .await;
     helix
         .wait_message("the restore's notice", WAIT, |m| {
-            m["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("restored a.py from version 1 (version 2 holds"))
+            m["message"].as_str().is_some_and(|m| {
+                m.contains("restored a.py from version 1 (undo takes it back; version 2 holds")
+            })
         })
         .await;
     let replaced = helix
