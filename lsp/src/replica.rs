@@ -479,15 +479,6 @@ mod tests {
         to.receive(&update_frame(update)).unwrap();
     }
 
-    fn splice(index: usize, delete: usize, insert: &str) -> Splice {
-        Splice {
-            index,
-            delete,
-            insert: insert.into(),
-            typed: true,
-        }
-    }
-
     /// Applies frames (updates) from another replica, as the server would relay them.
     fn receive_all(to: &mut Replica, frames: &[Vec<u8>]) {
         for frame in frames {
@@ -502,7 +493,7 @@ mod tests {
         receive_all(&mut b, &[created]);
         a.link("f.txt");
         // Typed just before the restore (within one undo burst): a step of its own still.
-        let typed = a.edit("f.txt", &[splice(0, 0, "ann ")]).unwrap();
+        let typed = a.edit("f.txt", &[Splice::typed(0, 0, "ann ")]).unwrap();
         receive_all(&mut b, &[typed]);
         let wanted = [
             (
@@ -531,7 +522,7 @@ mod tests {
         );
         // A peer types at the end; one undo takes back the restore only: the peer's typing and
         // ann's own from before stay.
-        let typed = b.edit("f.txt", &[splice(18, 0, "bob")]).unwrap();
+        let typed = b.edit("f.txt", &[Splice::typed(18, 0, "bob")]).unwrap();
         receive_all(&mut a, &[typed]);
         let (done, frames) = a.undo("f.txt", History::Undo, 1);
         assert_eq!(done, 1);
@@ -554,12 +545,12 @@ mod tests {
         a.link("f.txt");
         b.link("f.txt");
         // ann types a line; bob types inside it; ann types again, a while later.
-        let typed = a.edit("f.txt", &[splice(2, 0, "ann1\n")]).unwrap();
+        let typed = a.edit("f.txt", &[Splice::typed(2, 0, "ann1\n")]).unwrap();
         receive_all(&mut b, &[typed]);
-        let typed = b.edit("f.txt", &[splice(4, 0, "BOB")]).unwrap();
+        let typed = b.edit("f.txt", &[Splice::typed(4, 0, "BOB")]).unwrap();
         receive_all(&mut a, &[typed]);
         std::thread::sleep(Duration::from_millis(UNDO_CAPTURE_MS + 50));
-        let typed = a.edit("f.txt", &[splice(0, 0, "ann2 ")]).unwrap();
+        let typed = a.edit("f.txt", &[Splice::typed(0, 0, "ann2 ")]).unwrap();
         receive_all(&mut b, &[typed]);
         a.take_remote_changes();
         b.take_remote_changes();
@@ -600,11 +591,11 @@ mod tests {
         let mut a = Replica::new();
         a.create("f.txt", "x\r\ny\n");
         a.link("f.txt");
-        a.edit("f.txt", &[splice(0, 0, "typed ")]).unwrap();
+        a.edit("f.txt", &[Splice::typed(0, 0, "typed ")]).unwrap();
         // The editor wrote the peer's CRLF as LF: the bridge follows it, in the same burst.
         let form = Splice {
             typed: false,
-            ..splice(7, 1, "")
+            ..Splice::typed(7, 1, "")
         };
         a.edit("f.txt", &[form]).unwrap();
         assert_eq!(a.text("f.txt").unwrap(), "typed x\ny\n");

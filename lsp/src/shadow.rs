@@ -129,6 +129,19 @@ pub struct Splice {
     pub typed: bool,
 }
 
+#[cfg(test)]
+impl Splice {
+    /// The user's own edit: delete `delete` chars at `index`, then insert `insert` there.
+    pub(crate) fn typed(index: usize, delete: usize, insert: &str) -> Splice {
+        Splice {
+            index,
+            delete,
+            insert: insert.into(),
+            typed: true,
+        }
+    }
+}
+
 /// What one `didChange` meant for the CRDT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalEdits {

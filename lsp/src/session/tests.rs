@@ -265,7 +265,7 @@ async fn typing_reaches_the_room() {
 #[tokio::test]
 async fn a_peers_change_reaches_the_editor_as_one_apply_edit() {
     let (mut editor, mut peer, uri) = joined_with_file(PositionEncodingKind::UTF16, "héllo\n");
-    let frame = peer.edit("a.txt", &[splice(5, 0, "!")]).unwrap();
+    let frame = peer.edit("a.txt", &[Splice::typed(5, 0, "!")]).unwrap();
     editor.receive(frame);
     let edit = only_apply_edit(&editor.said());
     assert_eq!(edit.range, at(0, 5));
@@ -284,9 +284,9 @@ async fn a_peers_change_reaches_the_editor_as_one_apply_edit() {
 #[tokio::test]
 async fn a_peers_change_waits_for_the_previous_apply_edit() {
     let (mut editor, mut peer, uri) = joined_with_file(PositionEncodingKind::UTF16, "ab\n");
-    editor.receive(peer.edit("a.txt", &[splice(0, 0, "1")]).unwrap());
+    editor.receive(peer.edit("a.txt", &[Splice::typed(0, 0, "1")]).unwrap());
     let first = only_apply_edit(&editor.said());
-    editor.receive(peer.edit("a.txt", &[splice(3, 0, "2")]).unwrap());
+    editor.receive(peer.edit("a.txt", &[Splice::typed(3, 0, "2")]).unwrap());
     assert!(
         editor.said().is_empty(),
         "one applyEdit in flight at a time"
@@ -302,7 +302,7 @@ async fn a_peers_change_waits_for_the_previous_apply_edit() {
 async fn undo_takes_back_the_users_typing_and_not_the_peers() {
     let (mut editor, mut peer, uri) = joined_with_file(PositionEncodingKind::UTF16, "x\n");
     editor.change(&uri, 2, at(0, 1), "abc");
-    editor.receive(peer.edit("a.txt", &[splice(0, 0, "P")]).unwrap());
+    editor.receive(peer.edit("a.txt", &[Splice::typed(0, 0, "P")]).unwrap());
     let edit = only_apply_edit(&editor.said());
     editor.apply(&uri, 3, &edit);
     assert_eq!(editor.text(&uri), "Pxabc\n");
@@ -497,15 +497,6 @@ async fn an_unknown_command_names_the_known_ones() {
         .said()
         .iter()
         .any(|m| matches!(m, ToEditor::Show { kind, .. } if *kind == MessageType::ERROR)));
-}
-
-fn splice(index: usize, delete: usize, insert: &str) -> Splice {
-    Splice {
-        index,
-        delete,
-        insert: insert.into(),
-        typed: true,
-    }
 }
 
 /// A directory of its own for each test's workspace, removed at the end.
